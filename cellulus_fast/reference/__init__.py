@@ -1,0 +1,5 @@
+"""Pure-PyTorch / NumPy references of the accelerated operators: simple, obviously correct, slow.
+Tests compare the fused kernels against them; benchmarks race them."""
+from .oce_loss import lattice_disk, oce_loss, sample_pairs
+
+__all__ = ["lattice_disk", "oce_loss", "sample_pairs"]

@@ -1,0 +1,148 @@
+// CUDA kernels of the fused OCE loss: one thread per anchor runs the per-element math of oce_loss_math.h.
+// Forward: per-block partial sums with cub::BlockReduce, summed by ATen in a fixed order (deterministic).
+// Backward: atomic adds into the gradient (no barrier). The pairs are the CPU kernel's, bit for bit.
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cub/block/block_reduce.cuh>
+
+#include "oce_loss_setup.h"
+
+namespace cellulus_fast {
+namespace oce {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = 1024;
+
+int64_t num_blocks(int64_t work) { return std::max<int64_t>(1, std::min(kMaxBlocks, (work + kThreads - 1) / kThreads)); }
+
+template <int D, typename T>
+__global__ void forward_kernel(const T* __restrict__ data, Grid<D> g, LossParams p, int64_t batch,
+                               double* __restrict__ partial) {
+  using BlockReduce = cub::BlockReduce<double, kThreads>;
+  __shared__ typename BlockReduce::TempStorage storage;
+  const int64_t work = batch * p.num_anchors;
+  double sum = 0.0;
+  for (int64_t t = blockIdx.x * int64_t(kThreads) + threadIdx.x; t < work; t += int64_t(gridDim.x) * kThreads) {
+    const int64_t b = t / p.num_anchors, a = t % p.num_anchors;
+    sum += anchor_loss<D, T>(data + b * D * g.channel_stride, g, p, uint32_t(b), uint32_t(a));
+  }
+  const double block_sum = BlockReduce(storage).Sum(sum);
+  if (threadIdx.x == 0) partial[blockIdx.x] = block_sum;
+}
+
+template <int D, typename T>
+__global__ void backward_kernel(const T* __restrict__ data, Grid<D> g, LossParams p, int64_t batch,
+                                const T* __restrict__ grad, double factor, T* __restrict__ grad_data) {
+  const int64_t work = batch * p.num_anchors;
+  const T scale = static_cast<T>(static_cast<double>(grad[0]) * factor);
+  for (int64_t t = blockIdx.x * int64_t(kThreads) + threadIdx.x; t < work; t += int64_t(gridDim.x) * kThreads) {
+    const int64_t b = t / p.num_anchors, a = t % p.num_anchors;
+    T* grad_image = grad_data + b * D * g.channel_stride;
+    auto add = [&](int64_t index, int c, T value) { atomicAdd(grad_image + c * g.channel_stride + index, value); };
+    anchor_gradient<D, T>(data + b * D * g.channel_stride, g, p, uint32_t(b), uint32_t(a), scale, add);
+  }
+}
+
+template <int D>
+__global__ void sample_kernel(Grid<D> g, uint64_t seed, int64_t batch, int64_t A, int64_t R,
+                              int64_t* __restrict__ anchors, int64_t* __restrict__ references) {
+  for (int64_t t = blockIdx.x * int64_t(kThreads) + threadIdx.x; t < batch * A; t += int64_t(gridDim.x) * kThreads) {
+    const uint32_t b = uint32_t(t / A), a = uint32_t(t % A);
+    int64_t* x = anchors + t * D;
+    sample_anchor<D>(seed, b, a, g, x);
+    for (int64_t k = 0; k < R; ++k) {
+      int o[D];
+      sample_offset<D>(seed, b, a, uint32_t(k), g, o);
+      for (int d = 0; d < D; ++d) references[(t * R + k) * D + d] = x[d] + o[d];
+    }
+  }
+}
+
+at::Tensor oce_loss_cuda(const at::Tensor& offsets_in, double density, double kappa, int64_t num_references,
+                         double tau, double lambda_reg, c10::string_view nonlinearity, bool detach_reference,
+                         int64_t seed, c10::string_view reduction) {
+  const LossParams p = make_params(offsets_in, density, kappa, num_references, tau, lambda_reg, nonlinearity,
+                                   detach_reference, seed);
+  const bool mean = parse_mean(reduction);
+  const c10::cuda::CUDAGuard guard(offsets_in.device());
+  const at::Tensor offsets = offsets_in.contiguous();
+  const int64_t batch = offsets.size(0);
+  const int64_t blocks = num_blocks(batch * p.num_anchors);
+  at::Tensor partial = at::zeros({blocks}, offsets.options().dtype(at::kDouble));
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(offsets.scalar_type(), "oce_loss_cuda", [&] {
+    dispatch_dims(offsets, [&](auto dims) {
+      constexpr int D = decltype(dims)::value;
+      forward_kernel<D, scalar_t><<<blocks, kThreads, 0, stream>>>(
+          offsets.data_ptr<scalar_t>(), make_grid<D>(offsets, kappa), p, batch, partial.data_ptr<double>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  at::Tensor total = partial.sum();
+  if (mean) total = total / (static_cast<double>(batch) * p.num_anchors * p.num_references);
+  return total.to(offsets.scalar_type());
+}
+
+at::Tensor oce_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& offsets_in, double density,
+                                  double kappa, int64_t num_references, double tau, double lambda_reg,
+                                  c10::string_view nonlinearity, bool detach_reference, int64_t seed,
+                                  c10::string_view reduction) {
+  const LossParams p = make_params(offsets_in, density, kappa, num_references, tau, lambda_reg, nonlinearity,
+                                   detach_reference, seed);
+  const c10::cuda::CUDAGuard guard(offsets_in.device());
+  const at::Tensor offsets = offsets_in.contiguous();
+  const int64_t batch = offsets.size(0);
+  const double factor =
+      parse_mean(reduction) ? 1.0 / (static_cast<double>(batch) * p.num_anchors * p.num_references) : 1.0;
+  at::Tensor grad_offsets = at::zeros_like(offsets);
+  const at::Tensor grad_scalar = grad.to(offsets.options()).contiguous();
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(offsets.scalar_type(), "oce_loss_backward_cuda", [&] {
+    dispatch_dims(offsets, [&](auto dims) {
+      constexpr int D = decltype(dims)::value;
+      backward_kernel<D, scalar_t><<<num_blocks(batch * p.num_anchors), kThreads, 0, stream>>>(
+          offsets.data_ptr<scalar_t>(), make_grid<D>(offsets, kappa), p, batch, grad_scalar.data_ptr<scalar_t>(),
+          factor, grad_offsets.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return grad_offsets;
+}
+
+std::tuple<at::Tensor, at::Tensor> sample_pairs_cuda(const at::Tensor& offsets, double density, double kappa,
+                                                     int64_t num_references, int64_t seed) {
+  check_offsets(offsets, density, kappa, num_references);
+  const c10::cuda::CUDAGuard guard(offsets.device());
+  const int64_t batch = offsets.size(0), dims = offsets.dim() - 2;
+  const int64_t A = num_anchors(offsets, density, kappa), R = num_references;
+  const auto options = offsets.options().dtype(at::kLong);
+  at::Tensor anchors = at::empty({batch, A, dims}, options);
+  at::Tensor references = at::empty({batch, A, R, dims}, options);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  dispatch_dims(offsets, [&](auto dims_tag) {
+    constexpr int D = decltype(dims_tag)::value;
+    sample_kernel<D><<<num_blocks(batch * A), kThreads, 0, stream>>>(
+        make_grid<D>(offsets, kappa), static_cast<uint64_t>(seed), batch, A, R, anchors.data_ptr<int64_t>(),
+        references.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {anchors, references};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cellulus_fast, CUDA, m) {
+  m.impl("oce_loss", &oce_loss_cuda);
+  m.impl("oce_loss_backward", &oce_loss_backward_cuda);
+  m.impl("sample_pairs", &sample_pairs_cuda);
+}
+
+}  // namespace oce
+}  // namespace cellulus_fast

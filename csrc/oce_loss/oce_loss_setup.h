@@ -1,0 +1,100 @@
+// Host-side set-up shared by the CPU and CUDA OCE-loss kernels: argument checks and kernel parameters.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <string>
+
+#include "oce_loss_math.h"
+
+namespace cellulus_fast {
+namespace oce {
+
+inline int parse_nonlinearity(c10::string_view name) {
+  if (name == "sigmoid") return kSigmoid;
+  if (name == "gaussian") return kGaussian;
+  TORCH_CHECK_VALUE(false, "nonlinearity must be 'sigmoid' or 'gaussian', got '", std::string(name), "'");
+  return kSigmoid;  // unreachable
+}
+
+inline bool parse_mean(c10::string_view reduction) {
+  TORCH_CHECK_VALUE(reduction == "sum" || reduction == "mean", "reduction must be 'sum' or 'mean', got '",
+                    std::string(reduction), "'");
+  return reduction == "mean";
+}
+
+// Checks (B, D, *spatial) with D spatial dims and every spatial size > 2 * floor(kappa).
+inline void check_offsets(const at::Tensor& offsets, double density, double kappa, int64_t num_references) {
+  TORCH_CHECK_VALUE(offsets.dim() == 4 || offsets.dim() == 5, "offsets must have shape (B, D, *spatial) with "
+                    "2 or 3 spatial dims, got ", offsets.dim(), " dims");
+  TORCH_CHECK_VALUE(offsets.size(1) == offsets.dim() - 2, "offsets must have D = number of spatial dims = ",
+                    offsets.dim() - 2, " channels, got ", offsets.size(1));
+  TORCH_CHECK_TYPE(offsets.scalar_type() == at::kFloat || offsets.scalar_type() == at::kDouble,
+                   "offsets must be float32 or float64, got ", offsets.scalar_type());
+  TORCH_CHECK_VALUE(density > 0.0 && density <= 1.0, "density must lie in (0, 1], got ", density);
+  TORCH_CHECK_VALUE(kappa >= 1.0, "kappa must be >= 1, got ", kappa);
+  TORCH_CHECK_VALUE(num_references >= 1, "num_references must be >= 1, got ", num_references);
+  const int64_t margin = static_cast<int64_t>(std::floor(kappa));
+  for (int64_t d = 2; d < offsets.dim(); ++d) {
+    TORCH_CHECK_VALUE(offsets.size(d) > 2 * margin, "every spatial size of offsets must exceed 2 * kappa = ",
+                      2 * margin, ", got ", offsets.sizes());
+  }
+}
+
+// Number of anchors per image: density x the positions whose kappa-disk lies inside the image, >= 1.
+inline int64_t num_anchors(const at::Tensor& offsets, double density, double kappa) {
+  const int64_t margin = static_cast<int64_t>(std::floor(kappa));
+  double valid = 1.0;
+  for (int64_t d = 2; d < offsets.dim(); ++d) valid *= static_cast<double>(offsets.size(d) - 2 * margin);
+  return std::max<int64_t>(1, static_cast<int64_t>(std::floor(density * valid)));
+}
+
+template <int D>
+Grid<D> make_grid(const at::Tensor& offsets, double kappa) {
+  Grid<D> g;
+  int64_t stride = 1;
+  for (int d = D - 1; d >= 0; --d) {
+    g.size[d] = offsets.size(d + 2);
+    g.stride[d] = stride;
+    stride *= g.size[d];
+  }
+  g.channel_stride = stride;
+  g.margin = static_cast<int>(std::floor(kappa));
+  g.kappa_sq = static_cast<float>(kappa * kappa);
+  return g;
+}
+
+inline LossParams make_params(const at::Tensor& offsets, double density, double kappa, int64_t num_references,
+                              double tau, double lambda_reg, c10::string_view nonlinearity,
+                              bool detach_reference, int64_t seed) {
+  check_offsets(offsets, density, kappa, num_references);
+  TORCH_CHECK_VALUE(tau > 0.0, "tau must be > 0, got ", tau);
+  TORCH_CHECK_VALUE(lambda_reg >= 0.0, "lambda_reg must be >= 0, got ", lambda_reg);
+  LossParams p;
+  p.inv_tau = 1.0 / tau;
+  p.lambda_reg = lambda_reg;
+  p.nonlinearity = parse_nonlinearity(nonlinearity);
+  p.detach_reference = detach_reference;
+  p.seed = static_cast<uint64_t>(seed);
+  p.num_anchors = static_cast<uint32_t>(num_anchors(offsets, density, kappa));
+  p.num_references = static_cast<uint32_t>(num_references);
+  return p;
+}
+
+// Calls f(std::integral_constant<int, D>) for the number of spatial dims of `offsets`.
+template <typename F>
+void dispatch_dims(const at::Tensor& offsets, F f) {
+  if (offsets.dim() == 4) {
+    f(std::integral_constant<int, 2>());
+  } else {
+    f(std::integral_constant<int, 3>());
+  }
+}
+
+}  // namespace oce
+}  // namespace cellulus_fast

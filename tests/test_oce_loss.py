@@ -1,0 +1,240 @@
+"""The fused OCE-loss op against the pure-PyTorch reference, its sampler's statistics, and its contract."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import cellulus_fast as cf
+from cellulus_fast import reference
+from cellulus_fast.ops import num_anchors, oce_loss, sample_pairs
+
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
+
+
+def random_offsets(shape, dtype, seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype)
+
+
+def fused_and_reference(offsets, **kw):
+    """Loss and gradient of the fused op and of the reference on the pairs the fused op drew."""
+    sampling = {k: kw[k] for k in ("density", "kappa", "num_references", "seed")}
+    anchors, references = sample_pairs(offsets, **sampling)
+    loss_kw = {k: v for k, v in kw.items() if k not in sampling}
+    x = offsets.clone().requires_grad_()
+    fused = oce_loss(x, **kw)
+    fused.backward()
+    y = offsets.clone().requires_grad_()
+    ref = reference.oce_loss(y, anchors, references, **loss_kw)
+    ref.backward()
+    return fused, x.grad, ref, y.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nonlinearity", ["sigmoid", "gaussian"])
+@pytest.mark.parametrize("detach_reference", [False, True])
+@pytest.mark.parametrize("batch,spatial,kappa,refs", [
+    (1, (23, 31), 10.0, 1), (3, (40, 27), 4.0, 5), (8, (29, 29), 10.0, 31), (2, (12, 17, 15), 3.5, 3)])
+def test_matches_reference(dtype, nonlinearity, detach_reference, batch, spatial, kappa, refs):
+    offsets = random_offsets((batch, len(spatial), *spatial), dtype)
+    fused, grad, ref, ref_grad = fused_and_reference(
+        offsets, density=0.3, kappa=kappa, num_references=refs, seed=7, tau=10.0, lambda_reg=0.1,
+        nonlinearity=nonlinearity, detach_reference=detach_reference, reduction="sum")
+    assert fused.dtype == dtype and fused.shape == ()
+    torch.testing.assert_close(fused, ref, **TOL[dtype])
+    torch.testing.assert_close(grad, ref_grad, **TOL[dtype])
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_reduction_and_options(reduction):
+    offsets = random_offsets((2, 2, 30, 33), torch.float64)
+    fused, grad, ref, ref_grad = fused_and_reference(
+        offsets, density=1.0, kappa=2.0, num_references=2, seed=3, tau=2.5, lambda_reg=0.5,
+        nonlinearity="sigmoid", detach_reference=False, reduction=reduction)
+    torch.testing.assert_close(fused, ref, **TOL[torch.float64])
+    torch.testing.assert_close(grad, ref_grad, **TOL[torch.float64])
+
+
+def test_known_answer_zero_offsets():
+    # r = 0: every pair contributes sigma(||o||^2) of its lattice offset and nothing else.
+    offsets = torch.zeros(1, 2, 25, 25, dtype=torch.float64)
+    _, refs = sample_pairs(offsets, density=0.5, kappa=3, num_references=4, seed=11)
+    anchors, _ = sample_pairs(offsets, density=0.5, kappa=3, num_references=4, seed=11)
+    sq = ((refs - anchors[:, :, None]) ** 2).sum(-1).double()
+    expected = (1 - torch.exp(-sq / 10.0)).sum()
+    loss = oce_loss(offsets, density=0.5, kappa=3, num_references=4, seed=11, nonlinearity="gaussian")
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("nonlinearity", ["sigmoid", "gaussian"])
+def test_gradcheck(nonlinearity):
+    # (detach_reference=True is a stop-gradient, which finite differences cannot see: it is checked against
+    # the reference's .detach() in test_matches_reference instead.)
+    offsets = random_offsets((2, 2, 13, 11), torch.float64, scale=1.5).requires_grad_()
+    fn = lambda x: oce_loss(x, density=0.5, kappa=4, num_references=3, seed=5, lambda_reg=0.3,
+                            nonlinearity=nonlinearity)
+    assert torch.autograd.gradcheck(fn, (offsets,))
+
+
+def test_gradcheck_3d():
+    offsets = random_offsets((1, 3, 9, 8, 7), torch.float64, scale=1.5).requires_grad_()
+    fn = lambda x: oce_loss(x, density=0.5, kappa=3, num_references=2, seed=9, reduction="mean")
+    assert torch.autograd.gradcheck(fn, (offsets,))
+
+
+@pytest.mark.parametrize("spatial,density,kappa", [((236, 236), 0.2, 10), ((31, 40), 0.05, 10.7),
+                                                   ((20, 21, 22), 0.1, 3)])
+def test_anchor_count_and_range(spatial, density, kappa):
+    anchors, refs = sample_pairs((2, len(spatial), *spatial), density=density, kappa=kappa, num_references=2,
+                                 seed=1)
+    margin = math.floor(kappa)
+    valid = math.prod(s - 2 * margin for s in spatial)
+    assert anchors.shape == (2, max(1, math.floor(density * valid)), len(spatial))
+    assert refs.shape == anchors.shape[:2] + (2, len(spatial))
+    size = torch.tensor(spatial)
+    assert (anchors >= margin).all() and (anchors < size - margin).all()
+    assert (refs >= 0).all() and (refs < size).all()
+
+
+def test_reference_offsets_uniform_over_lattice_disk():
+    kappa = 10.0
+    anchors, refs = sample_pairs((4, 2, 60, 60), density=1.0, kappa=kappa, num_references=31, seed=123)
+    offsets = (refs - anchors[:, :, None]).reshape(-1, 2)
+    disk = reference.lattice_disk(kappa, 2)
+    assert len(disk) == 316  # lattice points with 0 < |o| <= 10
+    key = lambda o: (o[:, 0] + 20) * 41 + (o[:, 1] + 20)
+    counts = torch.bincount(key(offsets), minlength=41 * 41)
+    in_disk = torch.zeros(41 * 41, dtype=torch.bool)
+    in_disk[key(disk)] = True
+    assert counts[~in_disk].sum() == 0  # no draw outside the disk or at the anchor itself
+    observed = counts[in_disk].numpy()
+    assert stats.chisquare(observed).pvalue > 1e-4
+    # The fused sampler must be uniform, not merely supported on the disk: a radially biased sampler fails.
+    radius = torch.linalg.vector_norm(offsets.double(), dim=1)
+    expected_mean = torch.linalg.vector_norm(disk.double(), dim=1).mean()
+    assert abs(radius.mean() - expected_mean) < 4 * radius.std() / math.sqrt(len(radius))
+
+
+def test_anchors_uniform_over_valid_region():
+    anchors, _ = sample_pairs((8, 2, 40, 50), density=1.0, kappa=10, seed=5)
+    for axis, size in ((0, 40), (1, 50)):
+        counts = np.bincount(anchors[..., axis].flatten().numpy() - 10, minlength=size - 20)
+        assert len(counts) == size - 20 and stats.chisquare(counts).pvalue > 1e-4
+
+
+def test_seed_determinism_and_thread_independence():
+    offsets = random_offsets((4, 2, 64, 64), torch.float32)
+    kw = dict(density=0.2, kappa=10, num_references=31, seed=42)
+    a1, r1 = sample_pairs(offsets, **kw)
+    a2, r2 = sample_pairs(offsets, **kw)
+    assert torch.equal(a1, a2) and torch.equal(r1, r2)
+    a3, _ = sample_pairs(offsets, **{**kw, "seed": 43})
+    assert not torch.equal(a1, a3)
+    threads = torch.get_num_threads()
+    try:
+        losses = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            losses.append(oce_loss(offsets, **kw))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(losses[0], loss) for loss in losses)
+
+
+def test_seed_none_follows_torch_manual_seed():
+    offsets = random_offsets((1, 2, 30, 30), torch.float64)
+    torch.manual_seed(0)
+    first = oce_loss(offsets)
+    torch.manual_seed(0)
+    assert torch.equal(first, oce_loss(offsets))
+
+
+def test_torch_compile_fullgraph():
+    def step(x):
+        return oce_loss(x * 2.0, density=0.2, kappa=5, num_references=3, seed=1) + x.square().mean()
+
+    offsets = random_offsets((2, 2, 24, 24), torch.float32).requires_grad_()
+    eager = step(offsets)
+    (eager_grad,) = torch.autograd.grad(eager, offsets)
+    compiled = torch.compile(step, fullgraph=True)(offsets)
+    (compiled_grad,) = torch.autograd.grad(compiled, offsets)
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(compiled_grad, eager_grad)
+
+
+def test_opcheck():
+    offsets = random_offsets((2, 2, 16, 15), torch.float64)
+    args = (0.3, 4.0, 2, 10.0, 1e-2, "sigmoid", False, 3, "sum")
+    torch.library.opcheck(torch.ops.cellulus_fast.oce_loss, (offsets.requires_grad_(),) + args)
+    torch.library.opcheck(torch.ops.cellulus_fast.oce_loss_backward,
+                          (torch.tensor(1.0, dtype=torch.float64), offsets.detach()) + args)
+    torch.library.opcheck(torch.ops.cellulus_fast.sample_pairs, (offsets.detach(), 0.3, 4.0, 2, 3))
+
+
+@pytest.mark.parametrize("offsets,kwargs,error,match", [
+    (torch.zeros(2, 40, 40), {}, ValueError, "offsets"),
+    (torch.zeros(1, 3, 40, 40), {}, ValueError, "channels"),
+    (torch.zeros(1, 2, 40, 40, dtype=torch.int32), {}, TypeError, "offsets"),
+    ([[0.0]], {}, TypeError, "offsets"),
+    (torch.zeros(1, 2, 20, 40), {}, ValueError, "spatial size"),
+    (torch.zeros(1, 2, 40, 40), {"density": 0.0}, ValueError, "density"),
+    (torch.zeros(1, 2, 40, 40), {"density": 1.5}, ValueError, "density"),
+    (torch.zeros(1, 2, 40, 40), {"kappa": 0.5}, ValueError, "kappa"),
+    (torch.zeros(1, 2, 40, 40), {"num_references": 0}, ValueError, "num_references"),
+    (torch.zeros(1, 2, 40, 40), {"num_references": 1.5}, TypeError, "num_references"),
+    (torch.zeros(1, 2, 40, 40), {"tau": 0.0}, ValueError, "tau"),
+    (torch.zeros(1, 2, 40, 40), {"lambda_reg": -1.0}, ValueError, "lambda_reg"),
+    (torch.zeros(1, 2, 40, 40), {"nonlinearity": "relu"}, ValueError, "nonlinearity"),
+    (torch.zeros(1, 2, 40, 40), {"reduction": "max"}, ValueError, "reduction"),
+    (torch.zeros(1, 2, 40, 40), {"seed": -1}, ValueError, "seed"),
+])
+def test_bad_input(offsets, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        oce_loss(offsets, **kwargs)
+
+
+def test_kernel_checks_direct_calls():
+    # The C++ kernels check their arguments too (for callers of torch.ops.cellulus_fast directly).
+    with pytest.raises(ValueError, match="kappa"):
+        torch.ops.cellulus_fast.oce_loss(torch.zeros(1, 2, 40, 40), 0.2, 0.5, 1, 10.0, 0.0, "sigmoid", False, 0,
+                                         "sum")
+    with pytest.raises(ValueError, match="nonlinearity"):
+        torch.ops.cellulus_fast.oce_loss(torch.zeros(1, 2, 40, 40), 0.2, 10, 1, 10.0, 0.0, "relu", False, 0, "sum")
+
+
+def test_registrations():
+    for op in ("oce_loss", "oce_loss_backward", "sample_pairs"):
+        assert cf._extension.has_kernel(op, "CPU")
+    assert num_anchors((236, 236), 0.2, 10) == 9331
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("spatial", [(60, 53), (20, 22, 25)])
+def test_cuda_matches_cpu(dtype, spatial):
+    offsets = random_offsets((3, len(spatial), *spatial), dtype)
+    kw = dict(density=0.2, kappa=5, num_references=7, seed=99, lambda_reg=0.1)
+    cpu_pairs = sample_pairs(offsets, density=0.2, kappa=5, num_references=7, seed=99)
+    gpu_pairs = sample_pairs(offsets.cuda(), density=0.2, kappa=5, num_references=7, seed=99)
+    for cpu, gpu in zip(cpu_pairs, gpu_pairs):
+        assert torch.equal(cpu, gpu.cpu())
+    for detach in (False, True):
+        x = offsets.clone().requires_grad_()
+        y = offsets.cuda().requires_grad_()
+        cpu_loss = oce_loss(x, detach_reference=detach, **kw)
+        gpu_loss = oce_loss(y, detach_reference=detach, **kw)
+        cpu_loss.backward()
+        gpu_loss.backward()
+        torch.testing.assert_close(gpu_loss.cpu(), cpu_loss, **TOL[dtype])
+        torch.testing.assert_close(y.grad.cpu(), x.grad, **TOL[dtype])
+
+
+@pytest.mark.cuda
+def test_cuda_opcheck_and_compile():
+    offsets = random_offsets((2, 2, 32, 32), torch.float32).cuda().requires_grad_()
+    torch.library.opcheck(torch.ops.cellulus_fast.oce_loss,
+                          (offsets, 0.3, 4.0, 2, 10.0, 1e-2, "gaussian", True, 3, "mean"))
+    fn = torch.compile(lambda x: oce_loss(x, kappa=4, seed=2), fullgraph=True)
+    torch.testing.assert_close(fn(offsets), oce_loss(offsets, kappa=4, seed=2))

@@ -45,7 +45,7 @@ def cuda_math_includes() -> list:
 def extension():
     cuda = want_cuda()
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*/*_cpu.cpp"))
-    cxx = ["-O3", "-std=c++17"]
+    cxx = ["-O3"]  # the C++ standard is the one torch asks for (C++20 from torch 2.14)
     if "OpenMP" in torch.__config__.parallel_info():
         # at::parallel_for is header-inlined with `#pragma omp parallel`; the symbols come from torch's libgomp.
         cxx += ["-fopenmp", "-DAT_PARALLEL_OPENMP=1"]
@@ -61,7 +61,7 @@ def extension():
         sys.exit("FORCE_CUDA=1 but no CUDA toolkit found: set CUDA_HOME")
     args["sources"] += sorted(glob.glob("csrc/*/*_cuda.cu"))
     args["include_dirs"] += cuda_math_includes()
-    args["extra_compile_args"]["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]
+    args["extra_compile_args"]["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
     return cpp_extension.CUDAExtension(**args)
 
 

@@ -31,7 +31,8 @@ at::Tensor oce_loss_cpu(const at::Tensor& offsets_in, double density, double kap
   AT_DISPATCH_FLOATING_TYPES(offsets.scalar_type(), "oce_loss_cpu", [&] {
     dispatch_dims(offsets, [&](auto dims) {
       constexpr int D = decltype(dims)::value;
-      const Grid<D> g = make_grid<D>(offsets, kappa);
+      const at::Tensor disk = make_disk(kappa, D, offsets.device());
+      const Grid<D> g = make_grid<D>(offsets, kappa, disk);
       const scalar_t* data = offsets.data_ptr<scalar_t>();
       const int64_t A = p.num_anchors;
       at::parallel_for(0, batch * kChunksPerImage, 1, [&](int64_t begin, int64_t end) {
@@ -67,7 +68,8 @@ at::Tensor oce_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& offse
   AT_DISPATCH_FLOATING_TYPES(offsets.scalar_type(), "oce_loss_backward_cpu", [&] {
     dispatch_dims(offsets, [&](auto dims) {
       constexpr int D = decltype(dims)::value;
-      const Grid<D> g = make_grid<D>(offsets, kappa);
+      const at::Tensor disk = make_disk(kappa, D, offsets.device());
+      const Grid<D> g = make_grid<D>(offsets, kappa, disk);
       const scalar_t* data = offsets.data_ptr<scalar_t>();
       scalar_t* grad_data = grad_offsets.data_ptr<scalar_t>();
       // One image per task: images own disjoint gradient slices, so no atomics and a deterministic order.
@@ -99,15 +101,15 @@ std::tuple<at::Tensor, at::Tensor> sample_pairs_cpu(const at::Tensor& offsets, d
   int64_t* reference_data = references.data_ptr<int64_t>();
   dispatch_dims(offsets, [&](auto dims_tag) {
     constexpr int D = decltype(dims_tag)::value;
-    const Grid<D> g = make_grid<D>(offsets, kappa);
+    const at::Tensor disk = make_disk(kappa, D, offsets.device());
+    const Grid<D> g = make_grid<D>(offsets, kappa, disk);
     at::parallel_for(0, batch * A, 256, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const uint32_t b = static_cast<uint32_t>(t / A), a = static_cast<uint32_t>(t % A);
         int64_t* x = anchor_data + t * D;
         sample_anchor<D>(static_cast<uint64_t>(seed), b, a, g, x);
         for (int64_t k = 0; k < R; ++k) {
-          int o[D];
-          sample_offset<D>(static_cast<uint64_t>(seed), b, a, static_cast<uint32_t>(k), g, o);
+          const int* o = sample_offset<D>(static_cast<uint64_t>(seed), b, a, static_cast<uint32_t>(k), g);
           for (int d = 0; d < D; ++d) reference_data[(t * R + k) * D + d] = x[d] + o[d];
         }
       }

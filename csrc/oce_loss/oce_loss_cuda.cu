@@ -58,8 +58,7 @@ __global__ void sample_kernel(Grid<D> g, uint64_t seed, int64_t batch, int64_t A
     int64_t* x = anchors + t * D;
     sample_anchor<D>(seed, b, a, g, x);
     for (int64_t k = 0; k < R; ++k) {
-      int o[D];
-      sample_offset<D>(seed, b, a, uint32_t(k), g, o);
+      const int* o = sample_offset<D>(seed, b, a, uint32_t(k), g);
       for (int d = 0; d < D; ++d) references[(t * R + k) * D + d] = x[d] + o[d];
     }
   }
@@ -80,13 +79,14 @@ at::Tensor oce_loss_cuda(const at::Tensor& offsets_in, double density, double ka
   AT_DISPATCH_FLOATING_TYPES(offsets.scalar_type(), "oce_loss_cuda", [&] {
     dispatch_dims(offsets, [&](auto dims) {
       constexpr int D = decltype(dims)::value;
+      const at::Tensor disk = make_disk(kappa, D, offsets.device());
       forward_kernel<D, scalar_t><<<blocks, kThreads, 0, stream>>>(
-          offsets.data_ptr<scalar_t>(), make_grid<D>(offsets, kappa), p, batch, partial.data_ptr<double>());
+          offsets.data_ptr<scalar_t>(), make_grid<D>(offsets, kappa, disk), p, batch, partial.data_ptr<double>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   at::Tensor total = partial.sum();
-  if (mean) total = total / (static_cast<double>(batch) * p.num_anchors * p.num_references);
+  if (mean) total = total.div(static_cast<double>(batch) * p.num_anchors * p.num_references);
   return total.to(offsets.scalar_type());
 }
 
@@ -107,8 +107,9 @@ at::Tensor oce_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& offs
   AT_DISPATCH_FLOATING_TYPES(offsets.scalar_type(), "oce_loss_backward_cuda", [&] {
     dispatch_dims(offsets, [&](auto dims) {
       constexpr int D = decltype(dims)::value;
+      const at::Tensor disk = make_disk(kappa, D, offsets.device());
       backward_kernel<D, scalar_t><<<num_blocks(batch * p.num_anchors), kThreads, 0, stream>>>(
-          offsets.data_ptr<scalar_t>(), make_grid<D>(offsets, kappa), p, batch, grad_scalar.data_ptr<scalar_t>(),
+          offsets.data_ptr<scalar_t>(), make_grid<D>(offsets, kappa, disk), p, batch, grad_scalar.data_ptr<scalar_t>(),
           factor, grad_offsets.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -128,8 +129,9 @@ std::tuple<at::Tensor, at::Tensor> sample_pairs_cuda(const at::Tensor& offsets, 
   const auto stream = at::cuda::getCurrentCUDAStream();
   dispatch_dims(offsets, [&](auto dims_tag) {
     constexpr int D = decltype(dims_tag)::value;
+    const at::Tensor disk = make_disk(kappa, D, offsets.device());
     sample_kernel<D><<<num_blocks(batch * A), kThreads, 0, stream>>>(
-        make_grid<D>(offsets, kappa), static_cast<uint64_t>(seed), batch, A, R, anchors.data_ptr<int64_t>(),
+        make_grid<D>(offsets, kappa, disk), static_cast<uint64_t>(seed), batch, A, R, anchors.data_ptr<int64_t>(),
         references.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

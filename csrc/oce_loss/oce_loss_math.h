@@ -2,10 +2,10 @@
 //
 // Pair p = (anchor a, reference k) of image b is generated from Philox keyed by the seed, so forward,
 // backward and `sample_pairs` regenerate exactly the same pairs on any device and thread layout:
-//   anchor a    : counter (a, b, 0, kStreamAnchor)          -> one coordinate per spatial dim
-//   reference k : counter (a, b, k, kStreamReference + 4*t) -> candidate offset, attempt t
-// Reference offsets are drawn uniformly among the integer lattice offsets o with 0 < ||o||_2 <= kappa by
-// rejection from the cube [-m, m]^D, m = floor(kappa).
+//   anchor a         : word d of counter (a, b, 0, kStreamAnchor) -> coordinate along axis d
+//   references 4q..4q+3 : words 0..3 of counter (a, b, q, kStreamReference) -> index into the lattice disk
+// The lattice disk is the table of all integer offsets o with 0 < ||o||_2 <= kappa in lexicographic order
+// (build_disk); a uniform index into it makes the reference uniform over the disk without rejection.
 #pragma once
 
 #include <cmath>
@@ -20,21 +20,44 @@ namespace oce {
 constexpr int kMaxDims = 3;
 constexpr uint32_t kStreamAnchor = 0;
 constexpr uint32_t kStreamReference = 1;
-// After this many rejected candidates the offset falls back to (1, 0, ...). The acceptance rate is at
-// least 6/27 (3-D, kappa = 1), so the fallback has probability < 1e-7 there and < 1e-16 at kappa = 10.
-constexpr int kMaxAttempts = 64;
 
 enum Nonlinearity : int { kSigmoid = 0, kGaussian = 1 };
 
-// Geometry of one image of the (B, D, *spatial) offset tensor.
+// Geometry of one image of the (B, D, *spatial) offset tensor and the reference-offset table.
 template <int D>
 struct Grid {
-  int64_t size[D];     // spatial extent per axis
-  int64_t stride[D];   // element stride per spatial axis (contiguous layout)
+  int64_t size[D];         // spatial extent per axis
+  int64_t stride[D];       // element stride per spatial axis (contiguous layout)
   int64_t channel_stride;  // = number of pixels
-  int margin;          // floor(kappa): anchors lie in [margin, size - margin)
-  float kappa_sq;
+  int margin;              // floor(kappa): anchors lie in [margin, size - margin)
+  const int* disk;         // (disk_size, D) lattice offsets, see build_disk
+  uint32_t disk_size;
 };
+
+// Number of integer offsets o in Z^D with 0 < ||o||^2 <= kappa^2; writes them (row-major, lexicographic in
+// (o_0, ..., o_{D-1})) to `out` when it is not null.
+inline uint32_t build_disk(double kappa, int D, int* out) {
+  const int m = static_cast<int>(std::floor(kappa));
+  const int width = 2 * m + 1;
+  int total = 1;
+  for (int d = 0; d < D; ++d) total *= width;
+  uint32_t count = 0;
+  for (int flat = 0; flat < total; ++flat) {
+    int o[kMaxDims];
+    int rest = flat, sq = 0;
+    for (int d = D - 1; d >= 0; --d) {
+      o[d] = rest % width - m;
+      rest /= width;
+      sq += o[d] * o[d];
+    }
+    if (sq == 0 || static_cast<double>(sq) > kappa * kappa) continue;
+    if (out) {
+      for (int d = 0; d < D; ++d) out[count * D + d] = o[d];
+    }
+    ++count;
+  }
+  return count;
+}
 
 template <int D>
 CF_HD void sample_anchor(uint64_t seed, uint32_t image, uint32_t anchor, const Grid<D>& g, int64_t* coord) {
@@ -45,20 +68,20 @@ CF_HD void sample_anchor(uint64_t seed, uint32_t image, uint32_t anchor, const G
   }
 }
 
+// Random words for references 4q .. 4q+3 of an anchor.
+CF_HD Words4 reference_words(uint64_t seed, uint32_t image, uint32_t anchor, uint32_t q) {
+  return philox4x32_10(seed, anchor, image, q, kStreamReference);
+}
+
 template <int D>
-CF_HD void sample_offset(uint64_t seed, uint32_t image, uint32_t anchor, uint32_t ref, const Grid<D>& g,
-                         int* offset) {
-  const uint32_t width = static_cast<uint32_t>(2 * g.margin + 1);
-  for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
-    const Words4 r = philox4x32_10(seed, anchor, image, ref, kStreamReference + 4u * attempt);
-    int sq = 0;
-    for (int d = 0; d < D; ++d) {
-      offset[d] = static_cast<int>(uniform_below(r.v[d], width)) - g.margin;
-      sq += offset[d] * offset[d];
-    }
-    if (sq > 0 && static_cast<float>(sq) <= g.kappa_sq) return;
-  }
-  for (int d = 0; d < D; ++d) offset[d] = d == 0 ? 1 : 0;
+CF_HD const int* offset_from_word(const Grid<D>& g, uint32_t word) {
+  return g.disk + static_cast<int64_t>(uniform_below(word, g.disk_size)) * D;
+}
+
+// Offset of reference k of an anchor (single draw; the loops below share one Philox call per 4 references).
+template <int D>
+CF_HD const int* sample_offset(uint64_t seed, uint32_t image, uint32_t anchor, uint32_t k, const Grid<D>& g) {
+  return offset_from_word<D>(g, reference_words(seed, image, anchor, k >> 2).v[k & 3]);
 }
 
 CF_HD float exp_(float x) { return expf(x); }
@@ -136,9 +159,10 @@ CF_HD double anchor_loss(const T* image, const Grid<D>& g, const LossParams& p, 
   T r_i[D];
   load_offset<D, T>(image, g, i, r_i);
   double total = p.lambda_reg * static_cast<double>(norm<D, T>(r_i)) * p.num_references;
+  Words4 words;
   for (uint32_t k = 0; k < p.num_references; ++k) {
-    int o[D];
-    sample_offset<D>(p.seed, b, a, k, g, o);
+    if ((k & 3) == 0) words = reference_words(p.seed, b, a, k >> 2);
+    const int* o = offset_from_word<D>(g, words.v[k & 3]);
     int64_t j = i;
     for (int d = 0; d < D; ++d) j += o[d] * g.stride[d];
     T r_j[D], diff[D];
@@ -163,9 +187,10 @@ CF_HD void anchor_gradient(const T* image, const Grid<D>& g, const LossParams& p
   // d||r|| / dr = r / ||r||; the subgradient 0 is used at r = 0.
   const T reg = n > T(0) ? scale * static_cast<T>(p.lambda_reg) * static_cast<T>(p.num_references) / n : T(0);
   for (int c = 0; c < D; ++c) grad_i[c] = reg * r_i[c];
+  Words4 words;
   for (uint32_t k = 0; k < p.num_references; ++k) {
-    int o[D];
-    sample_offset<D>(p.seed, b, a, k, g, o);
+    if ((k & 3) == 0) words = reference_words(p.seed, b, a, k >> 2);
+    const int* o = offset_from_word<D>(g, words.v[k & 3]);
     int64_t j = i;
     for (int d = 0; d < D; ++d) j += o[d] * g.stride[d];
     T r_j[D], diff[D];

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
@@ -54,8 +55,17 @@ inline int64_t num_anchors(const at::Tensor& offsets, double density, double kap
   return std::max<int64_t>(1, static_cast<int64_t>(std::floor(density * valid)));
 }
 
+// The lattice-disk table (see build_disk) as an int32 (M, D) tensor on `device`.
+inline at::Tensor make_disk(double kappa, int dims, at::Device device) {
+  const int64_t count = build_disk(kappa, dims, nullptr);
+  at::Tensor disk = at::empty({count, dims}, at::TensorOptions().dtype(at::kInt));
+  build_disk(kappa, dims, disk.data_ptr<int>());
+  return device.is_cpu() ? disk : disk.to(device);
+}
+
+// Kernel geometry of `offsets`; `disk` (from make_disk) must outlive the kernels using the result.
 template <int D>
-Grid<D> make_grid(const at::Tensor& offsets, double kappa) {
+Grid<D> make_grid(const at::Tensor& offsets, double kappa, const at::Tensor& disk) {
   Grid<D> g;
   int64_t stride = 1;
   for (int d = D - 1; d >= 0; --d) {
@@ -65,7 +75,8 @@ Grid<D> make_grid(const at::Tensor& offsets, double kappa) {
   }
   g.channel_stride = stride;
   g.margin = static_cast<int>(std::floor(kappa));
-  g.kappa_sq = static_cast<float>(kappa * kappa);
+  g.disk = disk.data_ptr<int>();
+  g.disk_size = static_cast<uint32_t>(disk.size(0));
   return g;
 }
 

@@ -19,4 +19,8 @@ TORCH_LIBRARY(cellulus_fast, m) {
       "oce_loss_backward(Tensor grad, Tensor offsets, float density, float kappa, int num_references, "
       "float tau, float lambda_reg, str nonlinearity, bool detach_reference, int seed, str reduction) -> Tensor");
   m.def("sample_pairs(Tensor offsets, float density, float kappa, int num_references, int seed) -> (Tensor, Tensor)");
+  // Mean-shift (flat kernel, scikit-learn semantics), in three steps the Python layer chains.
+  m.def("mean_shift_modes(Tensor points, Tensor seeds, float bandwidth, int max_iter) -> (Tensor, Tensor, Tensor)");
+  m.def("mean_shift_dedup(Tensor centers, float bandwidth) -> Tensor");
+  m.def("nearest_center(Tensor points, Tensor centers, float bandwidth, bool cluster_all) -> Tensor");
 }

@@ -4,10 +4,10 @@
 #include <cstdlib>
 
 static int g_failures = 0;
-#define CHECK(cond)                                                             \
+#define CHECK(...)                                                              \
   do {                                                                          \
-    if (!(cond)) {                                                              \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+    if (!(__VA_ARGS__)) {                                                            \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #__VA_ARGS__); \
       ++g_failures;                                                             \
     }                                                                           \
   } while (0)

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "check.h"
+#include "mean_shift/mean_shift_math.h"
 #include "oce_loss/oce_loss_math.h"
 
 using namespace cellulus_fast;
@@ -98,12 +99,67 @@ static void test_gradient_matches_loss() {
   CHECK(worst < 1e-6);
 }
 
+// Grid neighbour search + shift_seed against a brute-force mean-shift on random points.
+static void test_mean_shift_seed() {
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<double> uni(0.0, 20.0);
+  const int n = 400;
+  const double bw = 2.5;
+  std::vector<double> pts(2 * n);
+  for (auto& v : pts) v = uni(rng);
+  // grid of side 2.6 over [0, 20]^2, points sorted by cell (stable)
+  ms::CellGrid<2> g;
+  g.origin[0] = g.origin[1] = 0.0;
+  g.cell = 2.6;
+  g.dims[0] = g.dims[1] = 8;
+  std::vector<int64_t> cell(n), order(n), start(65, 0);
+  for (int i = 0; i < n; ++i) {
+    cell[i] = ms::floor_to_int(pts[2 * i] / g.cell) * 8 + ms::floor_to_int(pts[2 * i + 1] / g.cell);
+    ++start[cell[i] + 1];
+  }
+  for (int c = 0; c < 64; ++c) start[c + 1] += start[c];
+  std::vector<int64_t> fill(start.begin(), start.end() - 1);
+  std::vector<double> sorted(2 * n);
+  for (int i = 0; i < n; ++i) {
+    const int64_t s = fill[cell[i]]++;
+    order[s] = i;
+    sorted[2 * s] = pts[2 * i];
+    sorted[2 * s + 1] = pts[2 * i + 1];
+  }
+  g.start = start.data();
+  for (int seed = 0; seed < n; seed += 7) {
+    double mean[2] = {pts[2 * seed], pts[2 * seed + 1]};
+    const ms::SeedResult r = ms::shift_seed<2, double>(sorted.data(), g, bw, 300, mean);
+    double brute[2] = {pts[2 * seed], pts[2 * seed + 1]};
+    int64_t count = 0;
+    for (int it = 0;; ++it) {
+      double sum[2] = {0, 0};
+      count = 0;
+      for (int i = 0; i < n; ++i) {  // index order differs from grid order: compare with a tolerance
+        if (ms::squared_distance<2, double>(&pts[2 * i], brute) <= bw * bw) {
+          sum[0] += pts[2 * i]; sum[1] += pts[2 * i + 1]; ++count;
+        }
+      }
+      const double next[2] = {sum[0] / count, sum[1] / count};
+      const double moved = ms::squared_distance<2, double>(next, brute);
+      brute[0] = next[0]; brute[1] = next[1];
+      if (moved <= 1e-6 * bw * bw || it == 300) break;
+    }
+    CHECK(r.count == count);
+    CHECK(std::fabs(mean[0] - brute[0]) < 1e-9 && std::fabs(mean[1] - brute[1]) < 1e-9);
+  }
+  // a seed far outside the grid finds nothing
+  double far[2] = {100.0, 100.0};
+  CHECK(ms::shift_seed<2, double>(sorted.data(), g, bw, 300, far).count == 0);
+}
+
 int main() {
   test_philox_known_answers();
   test_disk_table();
   test_sampling_ranges();
   test_nonlinearity_slopes();
   test_gradient_matches_loss();
+  test_mean_shift_seed();
   if (g_failures) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);
     return 1;

@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "check.h"
+#include "mean_shift/mean_shift_math.h"
 #include "oce_loss/oce_loss_math.h"
 
 using namespace cellulus_fast;
@@ -16,6 +17,11 @@ __global__ void draw(oce::Grid<2> g, int n, int* out) {
   oce::sample_anchor<2>(7, 1, a, g, x);
   const int* o = oce::sample_offset<2>(7, 1, a, 5, g);
   out[4 * a + 0] = int(x[0]); out[4 * a + 1] = int(x[1]); out[4 * a + 2] = o[0]; out[4 * a + 3] = o[1];
+}
+
+// Instantiates the mean-shift math as device code (compile check; run only with a GPU).
+__global__ void shift(const double* sorted, ms::CellGrid<2> g, double* mean, int64_t* count) {
+  *count = ms::shift_seed<2, double>(sorted, g, 1.0, 300, mean).count;
 }
 
 int main() {

@@ -1,0 +1,119 @@
+// CUDA kernels of mean-shift: one thread per seed (modes) and one per point (nearest centre), over the
+// per-element math of mean_shift_math.h and the points sorted by grid cell. The greedy de-duplication is
+// sequential by nature and runs the CPU kernel on the (few) candidate centres.
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "mean_shift_setup.h"
+
+namespace cellulus_fast {
+namespace ms {
+namespace {
+
+constexpr int kThreads = 128;
+
+int64_t blocks_for(int64_t work) { return std::max<int64_t>(1, (work + kThreads - 1) / kThreads); }
+
+template <int D, typename T>
+__global__ void modes_kernel(const T* __restrict__ sorted, CellGrid<D> g, double bandwidth, int64_t max_iter,
+                             int64_t num_seeds, T* __restrict__ modes, int64_t* __restrict__ counts,
+                             int64_t* __restrict__ iterations) {
+  const int64_t s = blockIdx.x * int64_t(kThreads) + threadIdx.x;
+  if (s >= num_seeds) return;
+  T mean[D];
+  for (int d = 0; d < D; ++d) mean[d] = modes[s * D + d];
+  const SeedResult r = shift_seed<D, T>(sorted, g, bandwidth, max_iter, mean);
+  for (int d = 0; d < D; ++d) modes[s * D + d] = mean[d];
+  counts[s] = r.count;
+  iterations[s] = r.iterations;
+}
+
+template <int D, typename T>
+__global__ void nearest_kernel(const T* __restrict__ points, int64_t n, const T* __restrict__ sorted,
+                               const int64_t* __restrict__ order, CellGrid<D> g, const T* __restrict__ centers,
+                               int64_t k, double radius_sq, bool cluster_all, int64_t* __restrict__ labels) {
+  const int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x;
+  if (i >= n) return;
+  double sq;
+  int64_t best = nearest_nearby<D, T>(points + i * D, sorted, order, g, &sq);
+  if (best < 0 || sq > radius_sq) best = cluster_all ? nearest_scan<D, T>(points + i * D, centers, k, &sq) : -1;
+  labels[i] = best;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mean_shift_modes_cuda(const at::Tensor& points_in,
+                                                                     const at::Tensor& seeds_in, double bandwidth,
+                                                                     int64_t max_iter) {
+  check_points(points_in, "points");
+  check_points(seeds_in, "seeds");
+  check_bandwidth(bandwidth);
+  TORCH_CHECK_VALUE(seeds_in.size(1) == points_in.size(1), "seeds and points must have the same D");
+  TORCH_CHECK_VALUE(max_iter >= 0, "max_iter must be >= 0, got ", max_iter);
+  const c10::cuda::CUDAGuard guard(points_in.device());
+  const at::Tensor points = points_in.contiguous();
+  at::Tensor modes = seeds_in.to(points.options()).contiguous().clone();
+  const int64_t num_seeds = modes.size(0);
+  at::Tensor counts = at::empty({num_seeds}, points.options().dtype(at::kLong));
+  at::Tensor iterations = at::empty({num_seeds}, points.options().dtype(at::kLong));
+  if (num_seeds == 0) return {modes, counts, iterations};
+  const GridData grid = build_grid(points, bandwidth);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "mean_shift_modes_cuda", [&] {
+    dispatch_dims(points.size(1), [&](auto dims) {
+      constexpr int D = decltype(dims)::value;
+      modes_kernel<D, scalar_t><<<blocks_for(num_seeds), kThreads, 0, stream>>>(
+          grid.sorted.data_ptr<scalar_t>(), grid.view<D>(), bandwidth, max_iter, num_seeds,
+          modes.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(), iterations.data_ptr<int64_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {modes, counts, iterations};
+}
+
+at::Tensor mean_shift_dedup_cuda(const at::Tensor& centers, double bandwidth) {
+  static const auto cpu_op = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("cellulus_fast::mean_shift_dedup", "")
+                                 .typed<at::Tensor(const at::Tensor&, double)>();
+  return cpu_op.call(centers.cpu(), bandwidth).to(centers.device());
+}
+
+at::Tensor nearest_center_cuda(const at::Tensor& points_in, const at::Tensor& centers_in, double bandwidth,
+                               bool cluster_all) {
+  check_points(points_in, "points");
+  check_points(centers_in, "centers");
+  check_bandwidth(bandwidth);
+  TORCH_CHECK_VALUE(centers_in.size(0) > 0, "centers must not be empty");
+  const c10::cuda::CUDAGuard guard(points_in.device());
+  const at::Tensor points = points_in.contiguous();
+  const at::Tensor centers = centers_in.to(points.options()).contiguous();
+  const int64_t n = points.size(0);
+  at::Tensor labels = at::empty({n}, points.options().dtype(at::kLong));
+  if (n == 0) return labels;
+  const GridData grid = build_grid(centers, bandwidth);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "nearest_center_cuda", [&] {
+    dispatch_dims(points.size(1), [&](auto dims) {
+      constexpr int D = decltype(dims)::value;
+      nearest_kernel<D, scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+          points.data_ptr<scalar_t>(), n, grid.sorted.data_ptr<scalar_t>(), grid.order.data_ptr<int64_t>(),
+          grid.view<D>(), centers.data_ptr<scalar_t>(), centers.size(0), bandwidth * bandwidth, cluster_all,
+          labels.data_ptr<int64_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return labels;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cellulus_fast, CUDA, m) {
+  m.impl("mean_shift_modes", &mean_shift_modes_cuda);
+  m.impl("mean_shift_dedup", &mean_shift_dedup_cuda);
+  m.impl("nearest_center", &nearest_center_cuda);
+}
+
+}  // namespace ms
+}  // namespace cellulus_fast

@@ -1,0 +1,176 @@
+"""mean_shift against scikit-learn's MeanShift and the dense reference; edge cases; bad input."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn.cluster import MeanShift
+from sklearn.datasets import make_blobs
+
+from cellulus_fast import reference
+from cellulus_fast.ops import mean_shift, mean_shift_labels
+
+
+def sklearn_fit(X, bandwidth, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ms = MeanShift(bandwidth=bandwidth, **kw).fit(X)
+    return ms.labels_, ms.cluster_centers_
+
+
+def assert_same_clustering(X, bandwidth, **kw):
+    labels, centers = mean_shift(torch.from_numpy(X), bandwidth, **{k: (torch.from_numpy(v) if k == "seeds" else v)
+                                                                   for k, v in kw.items()})
+    sk_labels, sk_centers = sklearn_fit(X, bandwidth, **kw)
+    assert centers.shape == sk_centers.shape
+    np.testing.assert_allclose(centers.numpy(), sk_centers, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(labels.numpy(), sk_labels)
+
+
+def blobs(n, dims, centers, std, seed):
+    X, _ = make_blobs(n_samples=n, centers=centers, n_features=dims, cluster_std=std, random_state=seed,
+                      center_box=(-40, 40))
+    return X
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("bandwidth", [1.3, 2.7, 6.1])
+@pytest.mark.parametrize("bin_seeding", [False, True])
+@pytest.mark.parametrize("cluster_all", [True, False])
+def test_matches_sklearn_on_blobs(dims, bandwidth, bin_seeding, cluster_all):
+    X = blobs(700, dims, 12, 1.0, seed=dims)
+    assert_same_clustering(X, bandwidth, bin_seeding=bin_seeding, cluster_all=cluster_all)
+
+
+def test_matches_sklearn_min_bin_freq_explicit_seeds_and_max_iter():
+    X = blobs(800, 2, 6, 1.0, seed=3)
+    assert_same_clustering(X, 2.0, bin_seeding=True, min_bin_freq=5)
+    assert_same_clustering(X, 2.0, seeds=X[::37].copy())
+    assert_same_clustering(X, 2.0, max_iter=2)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_matches_dense_reference(dims):
+    X = torch.from_numpy(blobs(600, dims, 8, 1.5, seed=1))
+    for kw in (dict(), dict(bin_seeding=True), dict(cluster_all=False), dict(seeds=X[::11])):
+        labels, centers = mean_shift(X, 2.2, **kw)
+        ref_labels, ref_centers = reference.mean_shift(X, 2.2, **kw)
+        torch.testing.assert_close(centers, ref_centers, rtol=0, atol=1e-9)
+        assert torch.equal(labels, ref_labels)
+
+
+def test_float32_points():
+    X = blobs(1000, 2, 10, 1.0, seed=5).astype(np.float32)
+    labels, centers = mean_shift(torch.from_numpy(X), 2.5)
+    sk_labels, sk_centers = sklearn_fit(X, 2.5)
+    assert centers.dtype == torch.float32 and centers.shape == sk_centers.shape
+    np.testing.assert_allclose(centers.numpy(), sk_centers, atol=1e-4)
+    np.testing.assert_array_equal(labels.numpy(), sk_labels)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(points=st.lists(st.tuples(st.floats(-8, 8), st.floats(-8, 8)), min_size=1, max_size=40),
+       bandwidth=st.sampled_from([0.37, 1.13, 2.91, 7.3]), bin_seeding=st.booleans(), cluster_all=st.booleans())
+def test_fuzz_small_inputs_against_sklearn(points, bandwidth, bin_seeding, cluster_all):
+    X = np.asarray(points, dtype=np.float64)
+    assert_same_clustering(X, bandwidth, bin_seeding=bin_seeding, cluster_all=cluster_all)
+
+
+def test_edge_cases():
+    empty_labels, empty_centers = mean_shift(torch.empty(0, 2, dtype=torch.float64), 1.0)
+    assert empty_labels.shape == (0,) and empty_centers.shape == (0, 2)
+    labels, centers = mean_shift(torch.tensor([[1.0, 2.0]]), 1.0)
+    assert labels.tolist() == [0] and centers.tolist() == [[1.0, 2.0]]
+    same = torch.full((50, 3), 4.25, dtype=torch.float64)
+    labels, centers = mean_shift(same, 0.5)
+    assert (labels == 0).all() and centers.tolist() == [[4.25] * 3]
+    far = torch.arange(20, dtype=torch.float64)[:, None] * torch.tensor([[100.0, -50.0]])
+    labels, centers = mean_shift(far, 1.0)
+    assert len(centers) == 20 and sorted(labels.tolist()) == list(range(20))
+    # far points keep their own cluster: each centre is its point
+    assert torch.equal(centers[labels], far)
+
+
+def test_seeds_far_from_every_point_raise():
+    with pytest.raises(ValueError, match="bandwidth"):
+        mean_shift(torch.zeros(5, 2), 1.0, seeds=torch.full((2, 2), 100.0))
+
+
+@pytest.mark.parametrize("points,bandwidth,kw,error,match", [
+    (torch.zeros(4, 2), 0.0, {}, ValueError, "bandwidth"),
+    (torch.zeros(4, 2), -1.0, {}, ValueError, "bandwidth"),
+    (torch.zeros(4, 2), float("nan"), {}, ValueError, "bandwidth"),
+    (torch.zeros(4, 2), float("inf"), {}, ValueError, "bandwidth"),
+    (torch.tensor([[0.0, float("nan")]]), 1.0, {}, ValueError, "points"),
+    (torch.tensor([[0.0, float("inf")]]), 1.0, {}, ValueError, "points"),
+    (torch.zeros(4), 1.0, {}, ValueError, "points"),
+    (torch.zeros(4, 5), 1.0, {}, ValueError, "points"),
+    (torch.zeros(4, 2, dtype=torch.int64), 1.0, {}, TypeError, "points"),
+    (np.zeros((4, 2)), 1.0, {}, TypeError, "points"),
+    (torch.zeros(4, 2), 1.0, {"seeds": torch.zeros(3, 3)}, ValueError, "seeds"),
+    (torch.zeros(4, 2), 1.0, {"min_bin_freq": 0}, ValueError, "min_bin_freq"),
+    (torch.zeros(4, 2), 1.0, {"max_iter": -1}, ValueError, "max_iter"),
+])
+def test_bad_input(points, bandwidth, kw, error, match):
+    with pytest.raises(error, match=match):
+        mean_shift(points, bandwidth, **kw)
+
+
+def synthetic_embeddings(size=96, cells=12, seed=0):
+    """Embeddings of a label image: every pixel of a cell embeds near its cell's centre."""
+    rng = np.random.default_rng(seed)
+    from skimage.draw import disk
+    labels = np.zeros((size, size), dtype=np.int64)
+    centres = rng.uniform(10, size - 10, size=(cells, 2))
+    for i, c in enumerate(centres, 1):
+        labels[disk(tuple(c), 6, shape=labels.shape)] = i
+    emb = np.stack(np.meshgrid(np.arange(size), np.arange(size), indexing="ij")).astype(np.float64)
+    for i, c in enumerate(centres, 1):
+        emb[:, labels == i] = c[:, None] + rng.normal(0, 0.7, size=(2, (labels == i).sum()))
+    return torch.from_numpy(emb), torch.from_numpy(labels > 0)
+
+
+def test_mean_shift_labels_matches_sklearn_pipeline():
+    emb, mask = synthetic_embeddings()
+    g = torch.Generator().manual_seed(0)
+    out = mean_shift_labels(emb, mask, 4.0, fit_fraction=0.3, generator=g)
+    points = emb[:, mask].T.numpy()
+    keep = torch.rand(len(points), generator=torch.Generator().manual_seed(0)).numpy() < 0.3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ms = MeanShift(bandwidth=4.0).fit(points[keep])
+    expected = np.zeros(mask.shape, dtype=np.int64)
+    expected[mask.numpy()] = ms.predict(points) + 1
+    np.testing.assert_array_equal(out.numpy(), expected)
+    assert out.max() == len(ms.cluster_centers_) and (out[~mask] == 0).all()
+
+
+def test_mean_shift_labels_empty_mask_and_bad_shapes():
+    emb, mask = synthetic_embeddings(size=32, cells=2)
+    assert (mean_shift_labels(emb, torch.zeros_like(mask), 3.0) == 0).all()
+    with pytest.raises(ValueError, match="embeddings"):
+        mean_shift_labels(emb[:1], mask, 3.0)
+    with pytest.raises(TypeError, match="mask"):
+        mean_shift_labels(emb, mask.long(), 3.0)
+
+
+def test_opcheck():
+    X = torch.from_numpy(blobs(200, 2, 4, 1.0, seed=2))
+    ops = torch.ops.cellulus_fast
+    torch.library.opcheck(ops.mean_shift_modes, (X, X[::5].clone(), 2.0, 300))
+    torch.library.opcheck(ops.mean_shift_dedup, (X[::10].clone(), 2.0))
+    torch.library.opcheck(ops.nearest_center, (X, X[::50].clone(), 2.0, False))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_matches_cpu(dims, dtype):
+    X = torch.from_numpy(blobs(3000, dims, 20, 1.0, seed=4)).to(dtype)
+    for kw in (dict(), dict(bin_seeding=True), dict(cluster_all=False)):
+        labels, centers = mean_shift(X, 2.5, **kw)
+        gpu_labels, gpu_centers = mean_shift(X.cuda(), 2.5, **kw)
+        torch.testing.assert_close(gpu_centers.cpu(), centers, rtol=0, atol=1e-9 if dtype == torch.float64 else 1e-4)
+        assert torch.equal(gpu_labels.cpu(), labels)

@@ -1,0 +1,115 @@
+"""Training options: one dataclass, its defaults (the paper's, App. A), validation and TOML round trip."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+
+@dataclass
+class TrainConfig:
+    """Options of :func:`cellulus_fast.train` (keyword names are stable: scripts and TOML files use them).
+
+    An *epoch* is ``steps_per_epoch`` optimiser steps; by default enough crops to cover the training
+    images' total area once: ``ceil(total pixels / (batch_size * crop_size**2))`` steps (at least one).
+    The learning rate is divided by 10 after each epoch listed in ``milestones``.
+    """
+
+    epochs: int = 50
+    steps_per_epoch: Optional[int] = None
+    batch_size: int = 8
+    crop_size: int = 252
+    num_fmaps: int = 64
+    fmap_inc_factor: int = 3
+    depth: int = 1
+    learning_rate: float = 4e-5
+    milestones: Tuple[int, ...] = (20, 30)
+    density: float = 0.2
+    kappa: float = 10.0
+    tau: float = 10.0
+    lambda_reg: float = 1e-5
+    num_references: int = 1
+    nonlinearity: str = "sigmoid"
+    detach_reference: bool = False
+    seed: int = 0
+    device: Optional[str] = None
+    num_workers: int = 0
+    resume: bool = False
+    checkpoint_every: Optional[int] = None
+    amp: bool = False
+
+    def __post_init__(self) -> None:
+        self.milestones = tuple(int(m) for m in self.milestones)
+        positive_ints = ("epochs", "batch_size", "crop_size", "num_fmaps", "fmap_inc_factor", "num_references")
+        for name in positive_ints:
+            _require(name, getattr(self, name), int, lambda v: v >= 1, ">= 1")
+        _require("depth", self.depth, int, lambda v: v >= 0, ">= 0")
+        _require("seed", self.seed, int, lambda v: v >= 0, ">= 0")
+        _require("num_workers", self.num_workers, int, lambda v: v >= 0, ">= 0")
+        for name in ("steps_per_epoch", "checkpoint_every"):
+            if getattr(self, name) is not None:
+                _require(name, getattr(self, name), int, lambda v: v >= 1, ">= 1 or None")
+        for name, low_open in (("learning_rate", True), ("tau", True), ("lambda_reg", False)):
+            _require(name, getattr(self, name), (int, float),
+                     (lambda v: v > 0) if low_open else (lambda v: v >= 0), "> 0" if low_open else ">= 0")
+        _require("density", self.density, (int, float), lambda v: 0 < v <= 1, "in (0, 1]")
+        _require("kappa", self.kappa, (int, float), lambda v: v >= 1, ">= 1")
+        if self.nonlinearity not in ("sigmoid", "gaussian"):
+            raise ValueError(f"nonlinearity must be 'sigmoid' or 'gaussian', got {self.nonlinearity!r}")
+        for name in ("detach_reference", "resume", "amp"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.device is not None and not isinstance(self.device, str):
+            self.device = str(self.device)
+
+    # --- serialisation ---------------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_toml(self) -> str:
+        """Flat TOML (options left at None are omitted, TOML has no null)."""
+        lines = []
+        for key, value in self.to_dict().items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_toml(cls, path: Union[str, Path], **overrides: Any) -> "TrainConfig":
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _require(name: str, value: Any, types, ok, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    if not ok(value) or (isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} to TOML")

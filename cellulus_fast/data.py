@@ -1,0 +1,327 @@
+"""Loading, normalising and randomly cropping images for CELLULUS training.
+
+Conventions: every image handed around by this module is a float32 numpy array of shape (C, H, W),
+channels first, C = 1 for grey images. `load_images` turns files, folders, glob patterns, the Cell
+Tracking Challenge layout and numpy arrays into such a list (it does *not* normalise); `normalize` maps
+percentiles to [0, 1]; `CropSampler` draws reproducible random training crops from the normalised images.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+__all__ = ["load_images", "normalize", "CropSampler", "TIFF_SUFFIXES"]
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+_SEQUENCE_DIR = re.compile(r"^\d{2}$")  # CTC sequence folders: 01, 02, ... (01_GT, 01_ST are not)
+_CTC_FRAME = re.compile(r"^t(\d+)\.tiff?$", re.IGNORECASE)
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+PathLike = Union[str, os.PathLike]
+Source = Union[PathLike, np.ndarray, torch.Tensor, Sequence[Union[PathLike, np.ndarray, torch.Tensor]]]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------
+
+def load_images(source: Source, axes: Optional[str] = None, min_size: int = 0,
+                skip_constant: bool = True) -> List[np.ndarray]:
+    """Read images into a list of float32 arrays of shape (C, H, W) (not normalised; see `normalize`).
+
+    `source` may be
+      * a TIFF file path (every image series in it, e.g. all pages of a multi-page TIFF);
+      * a folder: its ``*.tif`` / ``*.tiff`` files (not recursive), sorted by file name;
+      * a folder in the Cell Tracking Challenge layout, i.e. one holding sequence folders named by two
+        digits (``01/t000.tif, 01/t001.tif, ..., 02/...``): all ``tNNN.tif`` frames of all sequences,
+        sequences in name order, frames in numeric order. ``01_GT``, ``01_ST`` and other folders, and
+        loose files next to the sequence folders, are ignored;
+      * a glob pattern string (``"data/*.tif"``), matches sorted by name;
+      * a numpy array (or CPU torch tensor);
+      * a list/tuple mixing any of the above (each item expanded in order).
+
+    `axes` says how to read every array (file contents or given arrays), using the letters T (stack /
+    time, split into separate images), C (channels), Y, X, each at most once, Y and X required, in the
+    array's order: e.g. ``"YX"``, ``"CYX"``, ``"TYX"``, ``"TCYX"``, ``"YXC"``. With ``axes=None``:
+    2-D -> one grey image; 3-D -> a stack of 2-D grey images (e.g. the pages of a multi-page TIFF);
+    the one exception is a TIFF that stores RGB(A) samples per pixel (tifffile axes ``...YXS``), whose
+    samples become channels. Other dimensionalities need an explicit `axes`.
+
+    Checks (each raising ValueError naming the offending file or list index, pages as ``[page i]``):
+    unreadable / non-TIFF files; NaN or inf values; height or width below `min_size` (training passes
+    the network's field of view); channel counts differing between images. An empty folder, or a path or
+    glob pattern matching nothing, raises FileNotFoundError.
+
+    Constant images carry no information and would make `normalize` divide by (almost) zero: with
+    ``skip_constant=True`` (default) they are dropped with a `warnings.warn` naming each one, and a
+    ValueError is raised if nothing is left; with ``skip_constant=False`` they are kept (`normalize`
+    then maps them to all zeros).
+    """
+    if axes is not None:
+        _check_axes(axes)
+    images: List[np.ndarray] = []
+    names: List[str] = []
+    for name, array, file_axes in _iter_arrays(source):
+        use_axes = axes
+        if use_axes is None and file_axes is not None and file_axes.endswith("YXS") and array.ndim == 3:
+            use_axes = "YXC"  # an RGB(A) TIFF: treating (H, W, 3) as 3-pixel-wide pages is never meant
+        for page_name, image in _split(name, array, use_axes, file_axes):
+            images.append(_validate(page_name, image, min_size))
+            names.append(page_name)
+    if not images:
+        raise ValueError(f"no images found in {_describe(source)}")
+
+    channels = images[0].shape[0]
+    for name, image in zip(names, images):
+        if image.shape[0] != channels:
+            raise ValueError(f"{name} has {image.shape[0]} channel(s) but {names[0]} has {channels}; "
+                             "all images must have the same number of channels (check `axes`)")
+
+    if skip_constant:
+        kept = []
+        for name, image in zip(names, images):
+            if image.max() == image.min():
+                warnings.warn(f"skipping constant image {name} (value {float(image.flat[0])!r})",
+                              stacklevel=2)
+            else:
+                kept.append(image)
+        if not kept:
+            raise ValueError(f"all {len(images)} image(s) from {_describe(source)} are constant")
+        images = kept
+    return images
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return repr(os.fspath(source))
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        return f"an array of shape {tuple(source.shape)}"
+    return "the given sources"
+
+
+def _check_axes(axes: str) -> None:
+    if (not isinstance(axes, str) or set(axes) - set("TCYX") or len(set(axes)) != len(axes)
+            or "Y" not in axes or "X" not in axes):
+        raise ValueError(f"axes must use each of the letters T, C, Y, X at most once and contain Y and X, "
+                         f"got {axes!r}")
+
+
+def _iter_arrays(source: Any, prefix: str = "") -> Iterable[Tuple[str, np.ndarray, Optional[str]]]:
+    """Yield (name, raw array, tifffile axes or None) for every array or file in `source`."""
+    if isinstance(source, torch.Tensor):
+        source = source.detach().cpu().numpy()
+    if isinstance(source, np.ndarray):
+        yield (prefix or "array"), source, None
+    elif isinstance(source, (str, os.PathLike)):
+        for path in _resolve_paths(source):
+            series = _read_tiff(path)
+            for i, (array, file_axes) in enumerate(series):
+                yield (f"{path}[series {i}]" if len(series) > 1 else str(path)), array, file_axes
+    elif isinstance(source, (list, tuple)):
+        if not source:
+            raise ValueError("empty list of images")
+        for i, item in enumerate(source):
+            if isinstance(item, (np.ndarray, torch.Tensor)):
+                yield from _iter_arrays(item, f"image {i}")
+            elif isinstance(item, (str, os.PathLike)):
+                yield from _iter_arrays(item)
+            else:
+                raise TypeError(f"item {i} of the image list is a {type(item).__name__}, expected a path "
+                                "or an array")
+    else:
+        raise TypeError(f"cannot load images from a {type(source).__name__}; pass a path, a glob pattern, "
+                        "an array or a list of those")
+
+
+def _resolve_paths(source: PathLike) -> List[Path]:
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        sequences = sorted(p for p in path.iterdir() if p.is_dir() and _SEQUENCE_DIR.match(p.name))
+        if sequences:
+            files = []
+            for seq in sequences:
+                frames = [(int(m.group(1)), p) for p in seq.iterdir()
+                          if p.is_file() and (m := _CTC_FRAME.match(p.name))]
+                files.extend(p for _, p in sorted(frames))
+            if not files:
+                raise FileNotFoundError(f"no tNNN.tif frames in the sequence folders of {str(path)!r}")
+            return files
+        files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES),
+                       key=lambda p: p.name)
+        if not files:
+            raise FileNotFoundError(f"no TIFF files (*.tif, *.tiff) in folder {str(path)!r}")
+        return files
+    pattern = os.fspath(source)
+    if _GLOB_CHARS.search(pattern):
+        files = sorted(Path(p) for p in glob.glob(pattern) if os.path.isfile(p))
+        if not files:
+            raise FileNotFoundError(f"glob pattern {pattern!r} matches no files")
+        return files
+    raise FileNotFoundError(f"no such file or folder: {pattern!r}")
+
+
+def _read_tiff(path: Path) -> List[Tuple[np.ndarray, Optional[str]]]:
+    """(array, tifffile axes) of every series in the file: pages appended one by one (e.g. by
+    ``TiffWriter.write`` in a loop) form separate series, which `tifffile.imread` alone would drop."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = [(s.asarray(), s.axes) for s in tif.series]
+        if not series:
+            raise ValueError("no image data")
+        return series
+    except Exception as e:  # tifffile raises a variety of errors on corrupt / foreign files
+        raise ValueError(f"cannot read {str(path)!r} as a TIFF image: {e}") from e
+
+
+def _split(name: str, array: np.ndarray, axes: Optional[str],
+           file_axes: Optional[str]) -> Iterable[Tuple[str, np.ndarray]]:
+    """Yield (name, (C, H, W) array) for each image held by `array`, as described by `axes`."""
+    if axes is None:
+        if array.ndim == 2:
+            axes = "YX"
+        elif array.ndim == 3:
+            axes = "TYX"
+        else:
+            hint = f" (the file says {file_axes!r})" if file_axes else ""
+            raise ValueError(f"{name} has shape {array.shape}{hint}: pass axes=, e.g. 'TCYX'")
+    if len(axes) != array.ndim:
+        raise ValueError(f"{name} has shape {array.shape} ({array.ndim}-D) but axes={axes!r}")
+    # transpose to T, C, Y, X, adding the missing axes with length 1
+    full = array.transpose([axes.index(a) for a in "TCYX" if a in axes])
+    full = full.reshape([array.shape[axes.index(a)] if a in axes else 1 for a in "TCYX"])
+    if "T" not in axes:
+        yield name, full[0]
+    else:
+        for t in range(full.shape[0]):
+            yield f"{name}[page {t}]", full[t]
+
+
+def _validate(name: str, image: np.ndarray, min_size: int) -> np.ndarray:
+    if image.dtype.kind not in "biuf":
+        raise ValueError(f"{name} has unsupported dtype {image.dtype}")
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    if not np.isfinite(image).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    h, w = image.shape[1:]
+    if min(h, w) < max(min_size, 1):
+        raise ValueError(f"{name} is {h}x{w} pixels, smaller than the minimum size {max(min_size, 1)}")
+    return image
+
+
+# ----------------------------------------------------------------------------------------------------
+# Normalisation
+# ----------------------------------------------------------------------------------------------------
+
+def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8, eps: float = 1e-20) -> np.ndarray:
+    """Percentile normalisation: ``(x - p_low) / (p_high - p_low + eps)``, as float32.
+
+    For a (C, H, W) image the percentiles are taken per channel, for an (H, W) image over the whole
+    image. Values are not clipped (like csbdeep's ``normalize(..., clip=False)``), so about `low`% of the
+    pixels end up below 0 and ``100 - high``% above 1. `eps` only prevents a division by zero: a constant
+    channel maps to all zeros.
+    """
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"need 0 <= low < high <= 100, got low={low}, high={high}")
+    x = np.asarray(image, dtype=np.float32)
+    if x.ndim < 2:
+        raise ValueError(f"expected an (H, W) or (C, H, W) image, got shape {x.shape}")
+    axis = tuple(range(x.ndim)) if x.ndim == 2 else tuple(range(1, x.ndim))
+    lo, hi = np.percentile(x, [low, high], axis=axis, keepdims=True).astype(np.float32)
+    return ((x - lo) / (hi - lo + np.float32(eps))).astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Random crops
+# ----------------------------------------------------------------------------------------------------
+
+class CropSampler:
+    """Reproducible random square crops from a list of (C, H, W) images, for training.
+
+    Each crop: pick an image (uniformly, or with probability proportional to its area if
+    ``by_area=True``), a uniformly random position, and (if ``augment``) one of the 8 dihedral transforms
+    (rotation by a multiple of 90 degrees, optionally followed by a horizontal flip), uniformly. Images
+    smaller than `crop_size` in a dimension are reflect-padded (split evenly on both sides) to `crop_size`
+    once, up front, so such a dimension has only one crop position.
+
+    All randomness comes from one ``numpy.random.Generator`` seeded with `seed`; `state_dict` /
+    `load_state_dict` save and restore its ``bit_generator.state``, so a resumed training run draws exactly
+    the crops the uninterrupted one would have drawn.
+    """
+
+    def __init__(self, images: Sequence[np.ndarray], crop_size: int = 252, seed: Optional[int] = 0,
+                 by_area: bool = False, augment: bool = True) -> None:
+        if crop_size < 1:
+            raise ValueError(f"crop_size must be positive, got {crop_size}")
+        if len(images) == 0:
+            raise ValueError("CropSampler needs at least one image")
+        self.crop_size = int(crop_size)
+        self.augment = augment
+        self.images: List[np.ndarray] = []
+        areas = []
+        for i, image in enumerate(images):
+            image = np.asarray(image, dtype=np.float32)
+            if image.ndim == 2:
+                image = image[None]
+            if image.ndim != 3:
+                raise ValueError(f"image {i} has shape {image.shape}, expected (C, H, W) or (H, W)")
+            if self.images and image.shape[0] != self.images[0].shape[0]:
+                raise ValueError(f"image {i} has {image.shape[0]} channels, image 0 has "
+                                 f"{self.images[0].shape[0]}")
+            areas.append(float(image.shape[1] * image.shape[2]))  # unpadded area
+            self.images.append(np.ascontiguousarray(self._pad(image)))
+        self.channels = self.images[0].shape[0]
+        # number of valid top-left positions per image and dimension (>= 1 thanks to the padding)
+        self._positions = np.array([[im.shape[1] - self.crop_size + 1, im.shape[2] - self.crop_size + 1]
+                                    for im in self.images], dtype=np.int64)
+        if by_area:
+            self._p: Optional[np.ndarray] = np.array(areas) / sum(areas)
+        else:
+            self._p = None
+        self._rng = np.random.default_rng(seed)
+
+    def _pad(self, image: np.ndarray) -> np.ndarray:
+        ph, pw = (max(self.crop_size - s, 0) for s in image.shape[1:])
+        if ph == 0 and pw == 0:
+            return image
+        # reflect (no edge repeat) keeps texture statistics; numpy repeats the reflection when the pad
+        # exceeds the image size
+        return np.pad(image, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="reflect")
+
+    def batch(self, batch_size: int) -> torch.Tensor:
+        """A (batch_size, C, crop_size, crop_size) float32 CPU tensor of random crops."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        rng, s = self._rng, self.crop_size
+        # draw everything for the batch in a fixed order so that the stream is a function of the seed only
+        which = rng.choice(len(self.images), size=batch_size, p=self._p)
+        ys = rng.integers(0, self._positions[which, 0])
+        xs = rng.integers(0, self._positions[which, 1])
+        transforms = rng.integers(0, 8, size=batch_size) if self.augment else np.zeros(batch_size, np.int64)
+        out = np.empty((batch_size, self.channels, s, s), dtype=np.float32)
+        for b in range(batch_size):
+            crop = self.images[which[b]][:, ys[b]:ys[b] + s, xs[b]:xs[b] + s]
+            t = int(transforms[b])
+            crop = np.rot90(crop, t % 4, axes=(1, 2))
+            if t >= 4:
+                crop = crop[:, :, ::-1]
+            out[b] = crop
+        return torch.from_numpy(out)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The generator's ``bit_generator.state`` (a plain dict, safe to pickle / ``torch.save``)."""
+        return self._rng.bit_generator.state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore a state returned by `state_dict` (same images and settings give the same crops)."""
+        self._rng.bit_generator.state = state

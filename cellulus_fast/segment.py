@@ -1,0 +1,172 @@
+"""Instance segmentation with a trained CELLULUS network: uncertainty -> foreground, mean-shift on the
+embeddings -> instances, halo correction and a minimum size. Every parameter derives from one
+``object_diameter`` unless given."""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+from skimage.measure import label as connected_components
+from skimage.segmentation import relabel_sequential
+from skimage.transform import resize
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .data import load_images, normalize
+from .models import UNet
+from .ops import mean_shift_labels
+from .predict import Prediction, predict
+
+
+@dataclass
+class Parameters:
+    """The derived segmentation parameters (in pixels of the network's grid, i.e. after ``scale``)."""
+
+    bandwidths: List[float]
+    min_size: int
+    grow: float
+    shrink: float
+
+
+def derive_parameters(object_diameter: float, *, bandwidth: Union[float, Sequence[float], None] = None,
+                      min_size: Optional[int] = None, grow: float = 3.0, shrink: float = 6.0,
+                      scale: float = 1.0) -> Parameters:
+    """The rule (the public CELLULUS reference's): bandwidth = 0.5 x diameter, min_size = 10% of the area
+    of a disc of that diameter, grow 3 px and shrink 6 px. ``object_diameter`` and ``min_size`` are in
+    pixels of the input images; with ``scale`` != 1 they are converted to the rescaled grid."""
+    if not (isinstance(object_diameter, (int, float)) and math.isfinite(object_diameter) and object_diameter > 0):
+        raise ValueError(f"object_diameter must be a positive number of pixels, got {object_diameter!r}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be > 0, got {scale!r}")
+    diameter = object_diameter * scale
+    if bandwidth is None:
+        bandwidths = [0.5 * diameter]
+    else:
+        bandwidths = [float(b) for b in (bandwidth if isinstance(bandwidth, (list, tuple)) else [bandwidth])]
+        if not bandwidths or any(not (math.isfinite(b) and b > 0) for b in bandwidths):
+            raise ValueError(f"bandwidth must be > 0 (one value or a list), got {bandwidth!r}")
+    if min_size is None:
+        min_size = int(0.1 * math.pi * object_diameter**2 / 4)
+    if min_size < 0 or grow < 0 or shrink < 0:
+        raise ValueError("min_size, grow and shrink must be >= 0")
+    return Parameters(bandwidths, int(round(min_size * scale**2)), float(grow), float(shrink))
+
+
+def halo_correction(labels: np.ndarray, grow: float, shrink: float) -> np.ndarray:
+    """Removes the halo at object/background borders: the foreground is grown by ``grow`` px, then every
+    pixel within ``shrink`` px of the grown foreground's border is cleared (a net erosion of shrink - grow
+    at the outer border; borders between touching objects stay)."""
+    if shrink <= 0:
+        return labels
+    grown = ndimage.distance_transform_edt(labels == 0) < grow if grow > 0 else labels > 0
+    out = labels.copy()
+    out[ndimage.distance_transform_edt(grown) < shrink] = 0
+    return out
+
+
+def size_filter(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Splits every label into its connected components, drops components smaller than ``min_size`` and
+    relabels consecutively from 1."""
+    # components of each label separately: label the image with a unique id per (label, component)
+    components = connected_components(labels, background=0, connectivity=1)
+    sizes = np.bincount(components.ravel())
+    small = sizes < min_size
+    small[0] = False
+    components[small[components]] = 0
+    return relabel_sequential(components)[0]
+
+
+def instances(prediction: Prediction, params: Parameters, *, threshold: Optional[float] = None,
+              fit_fraction: Optional[float] = 0.1, seed: int = 0,
+              device: Union[str, torch.device, None] = None) -> List[np.ndarray]:
+    """Label images (one per bandwidth) from a prediction."""
+    if threshold is None:
+        if np.ptp(prediction.uncertainty) == 0:
+            warnings.warn("the uncertainty map is constant: no foreground found, returning empty labels")
+            return [np.zeros(prediction.uncertainty.shape, np.int64) for _ in params.bandwidths]
+        threshold = float(threshold_otsu(prediction.uncertainty))
+    mask = prediction.uncertainty < threshold  # low variance under noise = inside an object
+    if not mask.any():
+        warnings.warn("empty foreground: returning empty labels")
+        return [np.zeros(mask.shape, np.int64) for _ in params.bandwidths]
+    emb = torch.from_numpy(prediction.embeddings()).to(device or "cpu")
+    mask_t = torch.from_numpy(mask).to(emb.device)
+    out = []
+    for bandwidth in params.bandwidths:
+        g = torch.Generator().manual_seed(seed)
+        labels = mean_shift_labels(emb, mask_t, bandwidth, fit_fraction=fit_fraction, generator=g).cpu().numpy()
+        labels = halo_correction(labels, params.grow, params.shrink)
+        out.append(size_filter(labels, params.min_size))
+    return out
+
+
+def _as_model(model_or_checkpoint: Union[UNet, str, Path], device) -> UNet:
+    if isinstance(model_or_checkpoint, UNet):
+        return model_or_checkpoint.to(device) if device else model_or_checkpoint
+    return ckpt.load(model_or_checkpoint, device=device)
+
+
+def _label_dtype(labels: np.ndarray) -> np.ndarray:
+    return labels.astype(np.uint16 if labels.max(initial=0) < 2**16 else np.uint32)
+
+
+def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_diameter: float = 30.0,
+            bandwidth: Union[float, Sequence[float], None] = None, threshold: Optional[float] = None,
+            num_noise_passes: int = 16, grow: float = 3.0, shrink: float = 6.0, min_size: Optional[int] = None,
+            scale: float = 1.0, device: Union[str, torch.device, None] = None, batch_size: int = 4,
+            fit_fraction: Optional[float] = 0.1, seed: int = 0, progress: bool = True,
+            return_predictions: bool = False) -> Any:
+    """Instance labels of images with a trained model (or a checkpoint path).
+
+    Each image is normalised as in training, optionally rescaled by ``scale`` (the paper rescales so cells
+    are comfortably larger than the 16 px field of view; labels are mapped back to the original grid by
+    nearest-neighbour resizing), predicted in tiles with ``num_noise_passes`` noise passes per value, and
+    segmented: foreground = uncertainty < Otsu's threshold (or ``threshold``), mean-shift of the foreground
+    embeddings (fitted on a random ``fit_fraction`` of them, every foreground pixel then assigned to its
+    nearest centre), halo correction (``grow``, ``shrink``), and removal of objects smaller than
+    ``min_size``. Defaults derive from ``object_diameter`` (see :func:`derive_parameters`).
+
+    Returns:
+        A uint16 (uint32 if needed) label image per image (0 = background), with the input's spatial shape;
+        a single array for a single image. With several bandwidths, a list of label images per image.
+        With ``return_predictions=True`` a tuple (labels, predictions).
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = _as_model(model_or_checkpoint, device)
+    params = derive_parameters(object_diameter, bandwidth=bandwidth, min_size=min_size, grow=grow,
+                               shrink=shrink, scale=scale)
+    single = isinstance(images, (str, Path)) and Path(images).is_file() or \
+        isinstance(images, np.ndarray) and images.ndim == model.dims
+    data = load_images(images, min_size=model.context + 2 if scale == 1 else 0)
+    if data[0].shape[0] != model.config.in_channels:
+        raise ValueError(f"the model expects {model.config.in_channels} channel(s), the images have "
+                         f"{data[0].shape[0]}")
+    results, predictions = [], []
+    for image in tqdm(data, desc="segmenting", unit="image", disable=not progress or len(data) < 2):
+        original = image.shape[1:]
+        image = normalize(image)
+        if scale != 1:
+            target = tuple(max(1, round(s * scale)) for s in original)
+            image = resize(image, (image.shape[0],) + target, order=1, preserve_range=True,
+                           anti_aliasing=scale < 1).astype(np.float32)
+        prediction = predict(model, image, num_noise_passes=num_noise_passes, batch_size=batch_size,
+                             device=device, seed=seed)
+        labels = instances(prediction, params, threshold=threshold, fit_fraction=fit_fraction, seed=seed,
+                           device=device)
+        if scale != 1:
+            labels = [resize(l, original, order=0, preserve_range=True, anti_aliasing=False).astype(l.dtype)
+                      for l in labels]
+        labels = [_label_dtype(l) for l in labels]
+        results.append(labels[0] if len(params.bandwidths) == 1 else labels)
+        predictions.append(prediction)
+    out = results[0] if single else results
+    if return_predictions:
+        return out, (predictions[0] if single else predictions)
+    return out

@@ -1,7 +1,18 @@
 """cellulus-fast: fast, exact CELLULUS (self-supervised cell instance segmentation with object-centric
-embeddings) as a C++/CUDA PyTorch extension."""
+embeddings) as a C++/CUDA PyTorch extension.
+
+    model = cellulus_fast.train(images, "run/").model
+    labels = cellulus_fast.segment(model, images, object_diameter=30)
+    print(cellulus_fast.evaluate(ground_truth, labels).format_table())
+"""
 from . import ops
 from ._extension import cuda_built
+from .checkpoint import load
+from .config import TrainConfig
+from .evaluate import evaluate
+from .models import UNet
+from .segment import segment
+from .train import train
 
 __version__ = "0.1.0"
-__all__ = ["ops", "cuda_built", "__version__"]
+__all__ = ["ops", "cuda_built", "load", "TrainConfig", "evaluate", "UNet", "segment", "train", "__version__"]

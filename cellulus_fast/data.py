@@ -33,7 +33,7 @@ Source = Union[PathLike, np.ndarray, torch.Tensor, Sequence[Union[PathLike, np.n
 # ----------------------------------------------------------------------------------------------------
 
 def load_images(source: Source, axes: Optional[str] = None, min_size: int = 0,
-                skip_constant: bool = True) -> List[np.ndarray]:
+                skip_constant: bool = True, return_names: bool = False) -> Any:
     """Read images into a list of float32 arrays of shape (C, H, W) (not normalised; see `normalize`).
 
     `source` may be
@@ -63,6 +63,8 @@ def load_images(source: Source, axes: Optional[str] = None, min_size: int = 0,
     ``skip_constant=True`` (default) they are dropped with a `warnings.warn` naming each one, and a
     ValueError is raised if nothing is left; with ``skip_constant=False`` they are kept (`normalize`
     then maps them to all zeros).
+
+    With ``return_names=True`` returns ``(images, names)``, a name per image (its file, page or list index).
     """
     if axes is not None:
         _check_axes(axes)
@@ -85,17 +87,15 @@ def load_images(source: Source, axes: Optional[str] = None, min_size: int = 0,
                              "all images must have the same number of channels (check `axes`)")
 
     if skip_constant:
-        kept = []
+        kept = [(name, image) for name, image in zip(names, images) if image.max() != image.min()]
         for name, image in zip(names, images):
             if image.max() == image.min():
                 warnings.warn(f"skipping constant image {name} (value {float(image.flat[0])!r})",
                               stacklevel=2)
-            else:
-                kept.append(image)
         if not kept:
             raise ValueError(f"all {len(images)} image(s) from {_describe(source)} are constant")
-        images = kept
-    return images
+        names, images = [k[0] for k in kept], [k[1] for k in kept]
+    return (images, names) if return_names else images
 
 
 def _describe(source: Any) -> str:

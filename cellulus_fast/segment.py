@@ -142,9 +142,8 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
     model = _as_model(model_or_checkpoint, device)
     params = derive_parameters(object_diameter, bandwidth=bandwidth, min_size=min_size, grow=grow,
                                shrink=shrink, scale=scale)
-    single = isinstance(images, (str, Path)) and Path(images).is_file() or \
-        isinstance(images, np.ndarray) and images.ndim == model.dims
     data = load_images(images, min_size=model.context + 2 if scale == 1 else 0)
+    single = len(data) == 1 and (isinstance(images, (str, Path, np.ndarray, torch.Tensor)))
     if data[0].shape[0] != model.config.in_channels:
         raise ValueError(f"the model expects {model.config.in_channels} channel(s), the images have "
                          f"{data[0].shape[0]}")

@@ -1,0 +1,206 @@
+"""``cellulus-fast`` command line: train, segment, evaluate, demo."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+
+from .config import TrainConfig
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One --flag per TrainConfig field, same names (dashes for underscores); unset flags keep the config's."""
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        default = getattr(defaults, field.name)
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, type=_bool, default=None, metavar="BOOL", help=f"(default {default})")
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, type=int, nargs="*", default=None, help=f"(default {list(default)})")
+        elif field.name in ("steps_per_epoch", "checkpoint_every"):
+            parser.add_argument(flag, type=int, default=None, help="(default: one epoch)")
+        elif field.name == "device":
+            parser.add_argument(flag, default=None, help="(default: cuda if available, else cpu)")
+        else:
+            parser.add_argument(flag, type=type(default), default=None, help=f"(default {default})")
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name) is not None}
+    if args.config:
+        return TrainConfig.from_toml(args.config, **overrides)
+    return TrainConfig.from_dict(overrides)
+
+
+def _stem(name: str, index: int, taken: set) -> str:
+    """A file-name stem for an input image name such as '/data/a.tif[page 3]' or 'image 2'."""
+    base, _, rest = name.partition("[")
+    stem = Path(base).stem if base and not base.startswith(("image ", "array")) else f"image_{index:03d}"
+    page = re.sub(r"\D+", "_", rest).strip("_")
+    stem = f"{stem}_{page}" if page else stem
+    while stem in taken:
+        stem += f"_{index}"
+    taken.add(stem)
+    return stem
+
+
+def _write_tiff(path: Path, array: np.ndarray) -> None:
+    import tifffile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tif")
+    os.close(fd)
+    try:
+        tifffile.imwrite(tmp, array)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """RGB uint8 picture of a grey image with the label boundaries in colour."""
+    from skimage.color import label2rgb
+    from skimage.segmentation import find_boundaries
+
+    grey = image if image.ndim == 2 else image[0]
+    lo, hi = np.percentile(grey, (1, 99.8))
+    grey = np.clip((grey - lo) / max(hi - lo, 1e-12), 0, 1)
+    rgb = label2rgb(labels.astype(np.int64), image=grey, alpha=0.25, bg_label=0)
+    rgb[find_boundaries(labels, mode="inner")] = (1.0, 1.0, 0.0)
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    result = train(args.images, args.output_dir, config=_train_config(args))
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from skimage.io import imsave
+
+    from . import checkpoint
+    from .data import load_images
+    from .segment import segment
+
+    model = checkpoint.load(args.checkpoint)  # fails before anything is written
+    images, names = load_images(args.images, return_names=True)
+    out = Path(args.output_dir)
+    labels, predictions = segment(model, images, object_diameter=args.object_diameter, bandwidth=args.bandwidth,
+                                  threshold=args.threshold, num_noise_passes=args.num_noise_passes,
+                                  grow=args.grow, shrink=args.shrink, min_size=args.min_size, scale=args.scale,
+                                  device=args.device, batch_size=args.batch_size, return_predictions=True)
+    out.mkdir(parents=True, exist_ok=True)
+    taken: set = set()
+    for i, (image, name, label, prediction) in enumerate(zip(images, names, labels, predictions)):
+        stem = _stem(name, i, taken)
+        hypotheses = label if isinstance(label, list) else [label]
+        for k, lab in enumerate(hypotheses):
+            suffix = f"_bw{k}" if len(hypotheses) > 1 else ""
+            _write_tiff(out / f"{stem}_labels{suffix}.tif", lab)
+            if args.overlay:
+                imsave(out / f"{stem}_overlay{suffix}.png", overlay(image[0], lab), check_contrast=False)
+        if args.save_uncertainty:
+            _write_tiff(out / f"{stem}_uncertainty.tif", prediction.uncertainty)
+        if args.save_embeddings:
+            _write_tiff(out / f"{stem}_embeddings.tif", prediction.embeddings())
+        print(f"{name}: {int(hypotheses[0].max())} objects -> {out / (stem + '_labels.tif')}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data import load_images
+    from .evaluate import evaluate, write_results
+
+    gt = [g[0].astype(np.int64) for g in load_images(args.gt, skip_constant=False)]
+    pred = [p[0].astype(np.int64) for p in load_images(args.pred, skip_constant=False)]
+    result = evaluate(gt, pred, thresholds=args.thresholds) if args.thresholds else evaluate(gt, pred)
+    print(result.format_table())
+    if args.output_dir:
+        csv_path, json_path = write_results(result, args.output_dir)
+        print(f"written: {csv_path}, {json_path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.output_dir, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cellulus-fast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model on unlabelled images")
+    p.add_argument("images", help="TIFF file, folder, glob pattern or Cell Tracking Challenge folder")
+    p.add_argument("output_dir")
+    p.add_argument("--config", help="TOML file with training options (flags override it)")
+    _add_train_options(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("segment", help="segment images with a trained model, writing label TIFFs")
+    p.add_argument("checkpoint")
+    p.add_argument("images")
+    p.add_argument("output_dir")
+    p.add_argument("--object-diameter", type=float, default=30.0)
+    p.add_argument("--bandwidth", type=float, nargs="+", default=None)
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--num-noise-passes", type=int, default=16)
+    p.add_argument("--grow", type=float, default=3.0)
+    p.add_argument("--shrink", type=float, default=6.0)
+    p.add_argument("--min-size", type=int, default=None)
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--save-uncertainty", action="store_true")
+    p.add_argument("--save-embeddings", action="store_true")
+    p.add_argument("--overlay", action="store_true", help="also write an overlay PNG per image")
+    p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("evaluate", help="score predicted labels against ground truth")
+    p.add_argument("gt")
+    p.add_argument("pred")
+    p.add_argument("--output-dir", help="write metrics.csv and metrics.json here")
+    p.add_argument("--thresholds", type=float, nargs="+", default=None)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("demo", help="generate data, train, segment and evaluate end to end")
+    p.add_argument("--output-dir", default="demo_output")
+    p.add_argument("--quick", action="store_true", help="a shorter schedule (for tests)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, PermissionError) as error:
+        print(f"cellulus-fast {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

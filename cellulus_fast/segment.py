@@ -121,8 +121,8 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
             bandwidth: Union[float, Sequence[float], None] = None, threshold: Optional[float] = None,
             num_noise_passes: int = 16, grow: float = 3.0, shrink: float = 6.0, min_size: Optional[int] = None,
             scale: float = 1.0, device: Union[str, torch.device, None] = None, batch_size: int = 4,
-            fit_fraction: Optional[float] = 0.1, seed: int = 0, progress: bool = True,
-            return_predictions: bool = False) -> Any:
+            fit_fraction: Optional[float] = 0.1, seed: int = 0, axes: Optional[str] = None,
+            progress: bool = True, return_predictions: bool = False) -> Any:
     """Instance labels of images with a trained model (or a checkpoint path).
 
     Each image is normalised as in training, optionally rescaled by ``scale`` (the paper rescales so cells
@@ -136,13 +136,14 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
     Returns:
         A uint16 (uint32 if needed) label image per image (0 = background), with the input's spatial shape;
         a single array for a single image. With several bandwidths, a list of label images per image.
-        With ``return_predictions=True`` a tuple (labels, predictions).
+        With ``return_predictions=True`` a tuple (labels, predictions). ``images`` are read as by
+        :func:`~cellulus_fast.data.load_images` (``axes`` as there, e.g. ``"CYX"`` for multi-channel).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = _as_model(model_or_checkpoint, device)
     params = derive_parameters(object_diameter, bandwidth=bandwidth, min_size=min_size, grow=grow,
                                shrink=shrink, scale=scale)
-    data = load_images(images, min_size=model.context + 2 if scale == 1 else 0)
+    data = load_images(images, axes=axes, min_size=model.context + 2 if scale == 1 else 0)
     single = len(data) == 1 and (isinstance(images, (str, Path, np.ndarray, torch.Tensor)))
     if data[0].shape[0] != model.config.in_channels:
         raise ValueError(f"the model expects {model.config.in_channels} channel(s), the images have "

@@ -100,7 +100,7 @@ def _plot_losses(losses: Sequence[float], path: Path) -> None:
 
 
 def train(images: Any, output_dir: Union[str, Path], *, config: Optional[TrainConfig] = None,
-          progress: bool = True, **options: Any) -> TrainResult:
+          axes: Optional[str] = None, progress: bool = True, **options: Any) -> TrainResult:
     """Trains a CELLULUS U-Net on unlabelled images and returns it with its checkpoint.
 
     Args:
@@ -111,6 +111,8 @@ def train(images: Any, output_dir: Union[str, Path], *, config: Optional[TrainCo
             atomically every ``checkpoint_every`` steps, by default at the end of every epoch, and at the
             end), ``loss.csv``, ``loss.png`` (at the end) and ``config.toml``.
         config: a :class:`TrainConfig`; keyword ``options`` override its fields (same names).
+        axes: how to read the arrays (see :func:`~cellulus_fast.data.load_images`), e.g. ``"CYX"`` for
+            channels-first multi-channel images; by default 2-D arrays are grey images and 3-D ones stacks.
         progress: show a tqdm progress bar with the running loss.
 
     With ``resume=True`` training continues from ``output_dir/checkpoint.pt``; with a fixed seed the resumed
@@ -127,7 +129,7 @@ def train(images: Any, output_dir: Union[str, Path], *, config: Optional[TrainCo
     model = UNet(in_channels=1, num_fmaps=config.num_fmaps, fmap_inc_factor=config.fmap_inc_factor,
                  depth=config.depth)  # placeholder for size checks; rebuilt below with the real channel count
     field_of_view = model.context + 2
-    data = [normalize(image) for image in load_images(images, min_size=field_of_view)]
+    data = [normalize(image) for image in load_images(images, axes=axes, min_size=field_of_view)]
     channels = data[0].shape[0]
     crop = model.valid_size(config.crop_size)
     if crop != config.crop_size:

@@ -1,0 +1,123 @@
+"""Prediction tiling, post-processing known answers, segment() contract and errors."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import cellulus_fast
+from cellulus_fast import checkpoint
+from cellulus_fast.models import UNet
+from cellulus_fast.predict import Prediction, predict
+from cellulus_fast.segment import derive_parameters, halo_correction, instances, segment, size_filter
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return UNet(num_fmaps=4).eval()
+
+
+@pytest.mark.parametrize("shape", [(101, 77), (64, 64), (130, 40)])
+def test_tiled_equals_whole_image(model, shape):
+    image = np.random.default_rng(1).random((1,) + shape).astype(np.float32)
+    whole = predict(model, image, num_noise_passes=0, tile_size=1024)
+    tiled = predict(model, image, num_noise_passes=0, tile_size=32, batch_size=3)
+    np.testing.assert_allclose(tiled.offsets, whole.offsets, atol=1e-5)
+    # and both equal one direct pass over the reflect-padded image where its size is valid
+    h, w = (s // 2 * 2 for s in shape)
+    direct = model(torch.from_numpy(np.pad(image[:, :h, :w], ((0, 0), (8, 8), (8, 8)), mode="reflect"))[None])
+    crop = predict(model, image[:, :h, :w], num_noise_passes=0, tile_size=32)
+    np.testing.assert_allclose(crop.offsets, direct[0].detach().numpy(), atol=1e-5)
+
+
+def test_noise_passes_give_uncertainty(model):
+    image = np.random.default_rng(2).random((1, 48, 48)).astype(np.float32)
+    a = predict(model, image, num_noise_passes=3, seed=5)
+    b = predict(model, image, num_noise_passes=3, seed=5)
+    clean = predict(model, image, num_noise_passes=0)
+    assert np.array_equal(a.offsets, b.offsets) and a.uncertainty.shape == (48, 48)
+    assert (a.uncertainty >= 0).all() and a.uncertainty.max() > 0 and clean.uncertainty.max() == 0
+    emb = clean.embeddings()
+    np.testing.assert_allclose(emb[0] - clean.offsets[0], np.arange(48)[:, None] * np.ones((1, 48)))
+
+
+def test_derive_parameters_rule():
+    p = derive_parameters(30.0)
+    assert p.bandwidths == [15.0] and p.min_size == int(0.1 * math.pi * 900 / 4) and (p.grow, p.shrink) == (3, 6)
+    p = derive_parameters(30.0, scale=2.0, bandwidth=[4, 8])
+    assert p.bandwidths == [4.0, 8.0] and p.min_size == 4 * int(0.1 * math.pi * 900 / 4)
+    for bad in (dict(object_diameter=0), dict(object_diameter=10, bandwidth=-1), dict(object_diameter=10, scale=0)):
+        with pytest.raises(ValueError):
+            derive_parameters(**bad)
+
+
+def test_halo_correction_known_answer():
+    labels = np.zeros((40, 40), np.int64)
+    labels[10:30, 10:20] = 1
+    labels[10:30, 20:30] = 2  # touching
+    out = halo_correction(labels, grow=3, shrink=6)
+    # grown by 3 then everything within 6 of the grown border cleared: a net erosion of 3 px outside
+    assert out[13:27, 13:20].min() == 1 and out[13:27, 20:27].min() == 2
+    assert (out[:13] == 0).all() and (out[:, :13] == 0).all() and (out[27:] == 0).all()
+    assert (out[:, 27:] == 0).all()
+    assert np.array_equal(halo_correction(labels, 3, 0), labels)
+
+
+def test_size_filter_splits_drops_and_relabels():
+    labels = np.zeros((20, 20), np.int64)
+    labels[0:5, 0:5] = 7       # 25 px
+    labels[10:12, 10:12] = 7   # a detached 4-px piece of the same label
+    labels[15:20, 15:20] = 3   # 25 px
+    out = size_filter(labels, min_size=5)
+    assert sorted(np.unique(out)) == [0, 1, 2] and out[10, 10] == 0
+    assert (out[0:5, 0:5] > 0).all() and (out[15:20, 15:20] > 0).all()
+
+
+def test_empty_foreground_warns_and_returns_zeros(model):
+    prediction = Prediction(offsets=np.zeros((2, 32, 32), np.float32), uncertainty=np.ones((32, 32), np.float32))
+    with pytest.warns(UserWarning, match="constant"):
+        out = instances(prediction, derive_parameters(10.0))
+    assert out[0].shape == (32, 32) and out[0].max() == 0
+    image = np.random.default_rng(3).random((40, 40)).astype(np.float32)
+    with pytest.warns(UserWarning, match="empty foreground"):
+        labels = segment(model, image, threshold=0.0, num_noise_passes=1, progress=False)
+    assert labels.shape == (40, 40) and labels.dtype == np.uint16 and labels.max() == 0
+
+
+def test_segment_contract_on_trained_demo_model(demo_run):
+    _, out = demo_run
+    from cellulus_fast.datasets import synthetic
+
+    images, truth = synthetic(num_images=2, size=(150, 170), num_cells=8, diameter=40.0, seed=9)
+    labels = segment(out / "model" / "checkpoint.pt", images, object_diameter=40.0, num_noise_passes=4,
+                     progress=False)
+    assert isinstance(labels, list) and [l.shape for l in labels] == [(150, 170)] * 2
+    assert all(l.dtype == np.uint16 and l.max() >= 4 for l in labels)
+    one = segment(out / "model", images[0], object_diameter=40.0, num_noise_passes=4, progress=False)
+    assert isinstance(one, np.ndarray) and np.array_equal(one, labels[0])
+    several = segment(out / "model", images[0], object_diameter=40.0, num_noise_passes=4, bandwidth=[10, 20],
+                      progress=False)
+    assert len(several) == 2 and all(s.shape == (150, 170) for s in several)
+    scaled = segment(out / "model", images[0], object_diameter=40.0, num_noise_passes=4, scale=0.75,
+                     progress=False)
+    assert scaled.shape == (150, 170) and scaled.max() >= 4
+
+
+def test_segment_errors(model, tmp_path):
+    with pytest.raises(ValueError, match="min_size|smaller|10"):
+        segment(model, np.random.rand(10, 10).astype(np.float32), progress=False)
+    with pytest.raises(ValueError, match="channel"):
+        segment(model, [np.random.rand(2, 40, 40).astype(np.float32)], axes="CYX", progress=False)
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="checkpoint"):
+        segment(bogus, np.random.rand(40, 40), progress=False)
+    # a checkpoint whose weights do not fit its model configuration
+    state = {"model": UNet(num_fmaps=8).state_dict(), "model_config": UNet(num_fmaps=4).config.to_dict()}
+    checkpoint.save_atomic(state, tmp_path / "incompatible.pt")
+    with pytest.raises(ValueError, match="does not match"):
+        cellulus_fast.load(tmp_path / "incompatible.pt")
+    with pytest.raises(FileNotFoundError):
+        cellulus_fast.load(tmp_path / "missing.pt")

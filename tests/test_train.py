@@ -1,0 +1,159 @@
+"""Training: quality on synthetic cells, exact resume, DDP, config round trip, bad input."""
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import cellulus_fast
+from cellulus_fast import checkpoint
+from cellulus_fast.config import TrainConfig
+from cellulus_fast.data import normalize
+from cellulus_fast.datasets import synthetic
+from cellulus_fast.predict import predict
+from cellulus_fast.train import train
+
+
+def embedding_spread(model, image, labels):
+    """(mean over cells of the median distance of a cell's pixel embeddings to their median,
+        mean over cells of the distance from a cell's median embedding to the nearest other cell's)."""
+    emb = predict(model, normalize(image[None]), num_noise_passes=0).embeddings()
+    centres, spreads = [], []
+    for cell in range(1, labels.max() + 1):
+        e = emb[:, labels == cell]
+        centres.append(np.median(e, 1))
+        spreads.append(np.median(np.linalg.norm(e - centres[-1][:, None], axis=0)))
+    centres = np.array(centres)
+    gaps = np.linalg.norm(centres[:, None] - centres[None], axis=-1) + np.diag([np.inf] * len(centres))
+    return float(np.mean(spreads)), float(gaps.min(1).mean())
+
+
+def test_loss_decreases_and_cells_embed_tightly(demo_run):
+    _, out = demo_run
+    losses = np.loadtxt(out / "model" / "loss.csv", delimiter=",", skiprows=1)[:, 2]
+    assert losses[-20:].mean() < 0.97 * losses[:20].mean()
+    trained = cellulus_fast.load(out / "model")
+    untrained = cellulus_fast.UNet(**{k: v for k, v in trained.config.to_dict().items()})
+    images, labels = synthetic(num_images=1, size=256, num_cells=16, diameter=40.0, seed=77)
+    before, _ = embedding_spread(untrained, images[0], labels[0])
+    after, gap = embedding_spread(trained, images[0], labels[0])
+    # pixels of one cell move towards one point (an untrained net leaves them at their coordinates) ...
+    assert after < 0.7 * before, (before, after)
+    # ... and one cell's embeddings are far tighter than the distance to the next cell's
+    assert after < 0.25 * gap, (after, gap)
+
+
+def test_resume_reproduces_uninterrupted_run(tiny_images, tmp_path, tiny):
+    images, _ = tiny_images
+    full = train(images, tmp_path / "full", **{**tiny, "epochs": 2}, progress=False)
+    train(images, tmp_path / "resumed", **tiny, progress=False)  # stops after epoch 1 (3 steps)
+    state = checkpoint.read(tmp_path / "resumed")
+    assert state["step"] == 3 and set(state) >= {"model", "optimizer", "scheduler", "config", "torch_rng_state"}
+    resumed = train(images, tmp_path / "resumed", **{**tiny, "epochs": 2}, resume=True, progress=False)
+    assert len(full.losses) == len(resumed.losses) == 6
+    assert full.losses == resumed.losses  # exactly, not approximately
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_outputs_and_load(tiny_images, tmp_path, tiny):
+    images, _ = tiny_images
+    result = train(images, tmp_path, **tiny, checkpoint_every=1, progress=False)
+    assert {p.name for p in tmp_path.iterdir()} >= {"checkpoint.pt", "loss.csv", "loss.png", "config.toml"}
+    assert not list(tmp_path.glob("*.tmp*"))
+    rows = (tmp_path / "loss.csv").read_text().splitlines()
+    assert rows[0] == "step,epoch,loss" and len(rows) == 4
+    model = cellulus_fast.load(result.checkpoint)
+    x = torch.rand(1, 1, 64, 64)
+    assert torch.equal(model(x), result.model(x))
+    assert TrainConfig.from_toml(tmp_path / "config.toml") == TrainConfig(**{**tiny, "checkpoint_every": 1})
+
+
+def test_config_toml_round_trip_and_errors(tmp_path):
+    config = TrainConfig(epochs=3, milestones=(1, 2), nonlinearity="gaussian", detach_reference=True,
+                         device="cpu", learning_rate=1e-3)
+    path = tmp_path / "c.toml"
+    path.write_text(config.to_toml())
+    assert TrainConfig.from_toml(path) == config
+    assert TrainConfig.from_toml(path, epochs=7).epochs == 7
+    path.write_text("epochs = 2\nbogus = 1\n")
+    with pytest.raises(ValueError, match="bogus"):
+        TrainConfig.from_toml(path)
+    for bad, match in (({"epochs": 0}, "epochs"), ({"density": 2.0}, "density"), ({"kappa": 0.5}, "kappa"),
+                       ({"learning_rate": -1.0}, "learning_rate"), ({"nonlinearity": "x"}, "nonlinearity"),
+                       ({"batch_size": 1.5}, "batch_size"), ({"resume": 1}, "resume")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            TrainConfig(**bad)
+
+
+def _bad_sources(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    text = tmp_path / "notes.tif"
+    text.write_text("not an image")
+    nan = np.random.rand(64, 64).astype(np.float32)
+    nan[3, 3] = np.nan
+    return [(empty, None, (FileNotFoundError, ValueError), "empty|no .*found|match"),
+            (text, None, ValueError, "notes.tif"),
+            ([np.random.rand(1, 64, 64), np.random.rand(2, 64, 64)], "CYX", ValueError, "channel"),
+            ([nan], None, ValueError, "NaN|nan|finite"),
+            ([np.ones((64, 64))], None, ValueError, "constant"),
+            ([np.random.rand(10, 10)], None, ValueError, "10")]
+
+
+def test_bad_input_fails_before_writing(tmp_path, tiny):
+    for i, (source, axes, error, match) in enumerate(_bad_sources(tmp_path)):
+        out = tmp_path / f"out{i}"
+        with pytest.raises(error, match=match):
+            train(source, out, axes=axes, **tiny, progress=False)
+        assert not out.exists()
+
+
+def test_constant_images_are_skipped_with_a_warning(tiny_images, tmp_path, tiny):
+    images, _ = tiny_images
+    with pytest.warns(UserWarning, match="constant"):
+        train(images + [np.zeros((96, 96), np.float32)], tmp_path, **tiny, progress=False)
+
+
+def test_unwritable_output_dir(tiny_images, tmp_path, tiny):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(PermissionError, match="not writable"):
+        train(tiny_images[0], blocker / "out", **tiny, progress=False)
+
+
+def test_resume_refuses_a_different_model(tiny_images, tmp_path, tiny):
+    images, _ = tiny_images
+    train(images, tmp_path, **tiny, progress=False)
+    with pytest.raises(ValueError, match="different model"):
+        train(images, tmp_path, **{**tiny, "num_fmaps": 8}, resume=True, progress=False)
+
+
+def test_ddp_two_cpu_processes_hold_identical_weights(tiny_images, tmp_path, tiny):
+    images, _ = tiny_images
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, image in enumerate(images):
+        tifffile.imwrite(data / f"{i}.tif", image)
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, torch
+        from cellulus_fast.train import train
+        result = train({str(data)!r}, {str(tmp_path / 'out')!r}, progress=False, device="cpu", **{tiny!r})
+        torch.save(result.model.state_dict(), {str(tmp_path)!r} + f"/rank{{os.environ['RANK']}}.pt")
+        torch.distributed.destroy_process_group()
+    """))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    "29517", str(script)], check=True, env=env, capture_output=True, timeout=300)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    initial = cellulus_fast.UNet(num_fmaps=tiny["num_fmaps"]).state_dict()
+    for name in ranks[0]:
+        assert torch.equal(ranks[0][name], ranks[1][name])
+    assert any(not torch.equal(ranks[0][n], initial[n].to(ranks[0][n].dtype)) for n in ranks[0])  # it trained
+    assert (tmp_path / "out" / "checkpoint.pt").exists()

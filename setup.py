@@ -71,7 +71,7 @@ setup(
     description="Fast, exact CELLULUS: self-supervised cell instance segmentation with object-centric embeddings",
     packages=find_packages(include=["cellulus_fast", "cellulus_fast.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "scipy", "scikit-image", "scikit-learn", "tifffile", "tqdm"],
+    install_requires=["torch>=2.4", "numpy", "scipy", "scikit-image", "scikit-learn", "tifffile", "tqdm", "matplotlib"],
     extras_require={"test": ["pytest", "hypothesis", "pytest-benchmark"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

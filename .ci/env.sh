@@ -14,7 +14,7 @@ python -m pip install -q --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING
 # isolation is off below so that a build never pulls a different (multi-GB) torch.
 python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
 python -m pip install -q numpy scipy scikit-image scikit-learn tifffile tqdm pytest hypothesis \
-  pytest-benchmark ninja matplotlib 2>  pytest-benchmark ninja 2>&11 | grep -v "^WARNING: Location" || true
+  pytest-benchmark ninja matplotlib 2>&1 | grep -v "^WARNING: Location" || true
 FORCE_CUDA="${FORCE_CUDA:-0}" MAX_JOBS="${MAX_JOBS:-2}" python -m pip install -q --no-build-isolation -e . \
   2>&1 | grep -v "^WARNING: Location" || true
 python -c "import cellulus_fast" || { echo "cellulus_fast failed to build/import" >&2; exit 1; }

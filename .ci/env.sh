@@ -9,12 +9,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # shellcheck disable=SC1091
 source .venv/bin/activate
-python -m pip install -q --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
+# pip quietly; its full output only if it fails (this machine's pip config warns about missing mirrors).
+pip_install() {
+  local log
+  log="$(mktemp)"
+  if ! python -m pip install -q "$@" > "$log" 2>&1; then cat "$log" >&2; rm -f "$log"; return 1; fi
+  rm -f "$log"
+}
 # torch first and pinned: the extension must be built against the torch it runs with, and pip's build
 # isolation is off below so that a build never pulls a different (multi-GB) torch.
-python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-python -m pip install -q numpy scipy scikit-image scikit-learn tifffile tqdm pytest hypothesis \
-  pytest-benchmark ninja matplotlib 2>&1 | grep -v "^WARNING: Location" || true
-FORCE_CUDA="${FORCE_CUDA:-0}" MAX_JOBS="${MAX_JOBS:-2}" python -m pip install -q --no-build-isolation -e . \
-  2>&1 | grep -v "^WARNING: Location" || true
-python -c "import cellulus_fast" || { echo "cellulus_fast failed to build/import" >&2; exit 1; }
+pip_install "torch==2.13.0"
+pip_install numpy scipy scikit-image scikit-learn tifffile tqdm matplotlib pytest hypothesis pytest-benchmark \
+  ninja setuptools wheel
+FORCE_CUDA="${FORCE_CUDA:-0}" MAX_JOBS="${MAX_JOBS:-2}" pip_install --no-build-isolation -e .
+python -c "import cellulus_fast"

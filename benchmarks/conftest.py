@@ -13,3 +13,11 @@ def pytest_addoption(parser):
 @pytest.fixture
 def quick(request) -> bool:
     return request.config.getoption("--quick")
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    import torch
+
+    machine_info["torch"] = torch.__version__
+    machine_info["torch_threads"] = torch.get_num_threads()
+    machine_info["cuda_device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None

@@ -157,3 +157,12 @@ def test_ddp_two_cpu_processes_hold_identical_weights(tiny_images, tmp_path, tin
         assert torch.equal(ranks[0][name], ranks[1][name])
     assert any(not torch.equal(ranks[0][n], initial[n].to(ranks[0][n].dtype)) for n in ranks[0])  # it trained
     assert (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+def test_num_workers_and_amp(tiny_images, tmp_path, tiny):
+    images, _ = tiny_images
+    serial = train(images, tmp_path / "a", **tiny, progress=False)
+    workers = train(images, tmp_path / "b", **tiny, num_workers=2, progress=False)
+    assert serial.losses == workers.losses  # batches are a function of (seed, step), wherever they are made
+    mixed = train(images, tmp_path / "c", **tiny, amp=True, progress=False)  # bfloat16 autocast on CPU
+    assert all(np.isfinite(mixed.losses)) and len(mixed.losses) == 3

@@ -47,3 +47,30 @@ def mean_shift(points: torch.Tensor, bandwidth: float, *, seeds: Optional[torch.
     if not cluster_all:
         labels[best > bandwidth**2] = -1
     return labels, centers
+
+
+def sklearn_mean_shift_labels(embeddings: torch.Tensor, mask: torch.Tensor, bandwidth: float, *,
+                              fit_fraction: Optional[float] = 0.1, generator: Optional[torch.Generator] = None,
+                              bin_seeding: bool = False, **_: object) -> torch.Tensor:
+    """The public CELLULUS pipeline's clustering, with scikit-learn: ``MeanShift(bandwidth,
+    cluster_all=False)`` fitted on a random ``fit_fraction`` of the foreground embeddings (each kept with
+    that probability, drawn as :func:`cellulus_fast.ops.mean_shift_labels` draws them), then ``predict`` for
+    every foreground pixel. Same contract as :func:`cellulus_fast.ops.mean_shift_labels`."""
+    import warnings
+
+    from sklearn.cluster import MeanShift
+
+    labels = torch.zeros(mask.shape, dtype=torch.long)
+    points = embeddings[:, mask].T.cpu().numpy()
+    if len(points) == 0:
+        return labels
+    fit = points
+    if fit_fraction is not None:
+        keep = (torch.rand(len(points), generator=generator) < fit_fraction).numpy()
+        if keep.any():
+            fit = points[keep]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn warns when binning leaves every point a seed
+        model = MeanShift(bandwidth=bandwidth, cluster_all=False, bin_seeding=bin_seeding).fit(fit)
+    labels[mask.cpu()] = torch.from_numpy(model.predict(points)).long() + 1
+    return labels

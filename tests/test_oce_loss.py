@@ -233,3 +233,21 @@ def test_cuda_opcheck_and_compile():
                           (offsets, 0.3, 4.0, 2, 10.0, 1e-2, "gaussian", True, 3, "mean"))
     fn = torch.compile(lambda x: oce_loss(x, kappa=4, seed=2), fullgraph=True)
     torch.testing.assert_close(fn(offsets), oce_loss(offsets, kappa=4, seed=2))
+
+
+def test_baseline_cpu_kernels_match_the_vectorised_ones(tmp_path):
+    # The CPU kernels are chosen at load time (AVX2+FMA where the CPU has it); the baseline ones, forced by
+    # CELLULUS_FAST_CPU_CAPABILITY=default, must compute the same loss and gradient.
+    import subprocess
+    import sys
+
+    code = ("import torch, cellulus_fast as cf\n"
+            "x = (3 * torch.randn(3, 2, 41, 37, generator=torch.Generator().manual_seed(0))).requires_grad_()\n"
+            "l = cf.ops.oce_loss(x, num_references=9, seed=4, nonlinearity='gaussian'); l.backward()\n"
+            f"torch.save((l.detach(), x.grad), {str(tmp_path / 'out')!r} + __import__('os').environ.get('CAP', ''))\n")
+    for cap in ("", "default"):
+        env = dict(__import__("os").environ, CAP=cap, CELLULUS_FAST_CPU_CAPABILITY=cap or "auto")
+        subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    fast, base = torch.load(tmp_path / "out"), torch.load(tmp_path / "outdefault")
+    torch.testing.assert_close(fast[0], base[0], rtol=1e-5, atol=0)
+    torch.testing.assert_close(fast[1], base[1], rtol=1e-5, atol=1e-6)

@@ -1,14 +1,18 @@
 // CPU kernels of the fused OCE loss: forward, backward and the pair sampler, multi-threaded with
-// at::parallel_for over the per-element math of oce_loss_math.h.
+// at::parallel_for. Forward and backward run the blocked kernels of oce_loss_cpu_kernel.h on a channels-last
+// copy of each image, compiled twice: for the baseline ISA and, chosen at run time, for AVX2+FMA.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/scalar_tensor.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
+#include "oce_loss_cpu_kernel.h"
 #include "oce_loss_setup.h"
 
 namespace cellulus_fast {
@@ -18,6 +22,138 @@ namespace {
 // The forward sum is split into this many fixed chunks per image, summed in order afterwards, so the
 // loss does not depend on the number of threads.
 constexpr int64_t kChunksPerImage = 64;
+
+// ---- Runtime ISA dispatch -----------------------------------------------------------------------------
+// The kernels are header-inline templates; the *_avx2 wrappers below carry the target attribute, so the
+// kernels inlined into them are compiled (and auto-vectorised) for AVX2+FMA, while every out-of-line
+// function stays baseline code. CELLULUS_FAST_CPU_CAPABILITY=default forces the baseline kernels.
+
+bool use_avx2() {
+#ifdef CF_X86_AVX2_KERNELS
+  static const bool avx2 = [] {
+    const char* capability = std::getenv("CELLULUS_FAST_CPU_CAPABILITY");
+    if (capability != nullptr && std::strcmp(capability, "default") == 0) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return avx2;
+#else
+  return false;
+#endif
+}
+
+template <int D, typename T>
+double forward_default(const cpu::StagedImage<D, T>& im, const LossParams& p, uint32_t b, uint32_t a_begin,
+                       uint32_t a_end, const cpu::Scratch<T>& s) {
+  return cpu::forward_anchors<D, T, ::cellulus_fast::cpu::IsaDefault>(im, p, b, a_begin, a_end, s);
+}
+
+template <int D, typename T>
+void backward_default(const cpu::StagedImage<D, T>& im, const LossParams& p, uint32_t b, T scale, T* grad,
+                      const cpu::Scratch<T>& s) {
+  cpu::backward_image<D, T, ::cellulus_fast::cpu::IsaDefault>(im, p, b, scale, grad, s);
+}
+
+#ifdef CF_X86_AVX2_KERNELS
+template <int D, typename T>
+CF_TARGET_AVX2 double forward_avx2(const cpu::StagedImage<D, T>& im, const LossParams& p, uint32_t b,
+                                   uint32_t a_begin, uint32_t a_end, const cpu::Scratch<T>& s) {
+  return cpu::forward_anchors<D, T, ::cellulus_fast::cpu::IsaAvx2>(im, p, b, a_begin, a_end, s);
+}
+
+template <int D, typename T>
+CF_TARGET_AVX2 void backward_avx2(const cpu::StagedImage<D, T>& im, const LossParams& p, uint32_t b, T scale,
+                                  T* grad, const cpu::Scratch<T>& s) {
+  cpu::backward_image<D, T, ::cellulus_fast::cpu::IsaAvx2>(im, p, b, scale, grad, s);
+}
+#endif
+
+template <int D, typename T>
+double run_forward(const cpu::StagedImage<D, T>& im, const LossParams& p, uint32_t b, uint32_t a_begin,
+                       uint32_t a_end, const cpu::Scratch<T>& s) {
+#ifdef CF_X86_AVX2_KERNELS
+  if (use_avx2()) return forward_avx2<D, T>(im, p, b, a_begin, a_end, s);
+#endif
+  return forward_default<D, T>(im, p, b, a_begin, a_end, s);
+}
+
+template <int D, typename T>
+void run_backward(const cpu::StagedImage<D, T>& im, const LossParams& p, uint32_t b, T scale, T* grad,
+                    const cpu::Scratch<T>& s) {
+#ifdef CF_X86_AVX2_KERNELS
+  if (use_avx2()) return backward_avx2<D, T>(im, p, b, scale, grad, s);
+#endif
+  backward_default<D, T>(im, p, b, scale, grad, s);
+}
+
+// ---- Per-thread buffers ---------------------------------------------------------------------------------
+
+// The scratch arrays of cpu::Scratch for `num_references` references per anchor.
+template <int D, typename T>
+struct ScratchBuffers {
+  std::vector<uint32_t> counters, words;
+  std::vector<int64_t> indices;
+  std::vector<T> values;
+  cpu::Scratch<T> s;
+
+  explicit ScratchBuffers(uint32_t num_references) {
+    const size_t R = num_references, nb = cpu::anchors_per_block(num_references), P = nb * R;
+    const size_t lanes = cpu::round_up_lanes(static_cast<uint32_t>(nb * ((R + 3) / 4)));
+    counters.resize(2 * lanes);
+    words.resize(4 * lanes);
+    indices.resize(nb + P);
+    values.resize(nb * D + (D + 2) * P);
+    s.counter = counters.data();
+    s.counter2 = counters.data() + lanes;
+    s.words = words.data();
+    s.anchor = indices.data();
+    s.reference = indices.data() + nb;
+    s.r_anchor = values.data();
+    s.diff = values.data() + nb * D;
+    s.sq = s.diff + D * P;
+    s.weight = s.sq + P;
+  }
+};
+
+// The lattice-disk table of `g` for the channels-last kernels (see cpu::DiskEntry).
+template <int D, typename T>
+std::vector<cpu::DiskEntry<D, T>> disk_entries(const Grid<D>& g) {
+  std::vector<cpu::DiskEntry<D, T>> entries(g.disk_size);
+  for (uint32_t e = 0; e < g.disk_size; ++e) {
+    int64_t step = 0;
+    for (int d = 0; d < D; ++d) {
+      entries[e].o[d] = static_cast<T>(g.disk[e * D + d]);
+      step += g.disk[e * D + d] * g.stride[d];
+    }
+    entries[e].step = step * D;
+  }
+  return entries;
+}
+
+// One image (D, pixels) of the offsets, copied channels-last.
+template <int D, typename T>
+struct StagedImageBuffer {
+  std::vector<T> data;
+  cpu::StagedImage<D, T> im;
+  int64_t image = -1;
+
+  StagedImageBuffer(const Grid<D>& g, const cpu::DiskEntry<D, T>* disk) : data(D * g.channel_stride) {
+    im.r = data.data();
+    im.g = g;
+    im.disk = disk;
+  }
+
+  void load(const T* images, int64_t b) {
+    if (b == image) return;
+    const int64_t pixels = im.g.channel_stride;
+    const T* planar = images + b * D * pixels;
+    T* out = data.data();
+    for (int64_t q = 0; q < pixels; ++q) {
+      for (int c = 0; c < D; ++c) out[q * D + c] = planar[c * pixels + q];
+    }
+    image = b;
+  }
+};
 
 at::Tensor oce_loss_cpu(const at::Tensor& offsets_in, double density, double kappa, int64_t num_references,
                         double tau, double lambda_reg, c10::string_view nonlinearity, bool detach_reference,
@@ -33,17 +169,19 @@ at::Tensor oce_loss_cpu(const at::Tensor& offsets_in, double density, double kap
       constexpr int D = decltype(dims)::value;
       const at::Tensor disk = make_disk(kappa, D, offsets.device());
       const Grid<D> g = make_grid<D>(offsets, kappa, disk);
+      const auto entries = disk_entries<D, scalar_t>(g);
       const scalar_t* data = offsets.data_ptr<scalar_t>();
       const int64_t A = p.num_anchors;
       at::parallel_for(0, batch * kChunksPerImage, 1, [&](int64_t begin, int64_t end) {
+        StagedImageBuffer<D, scalar_t> staged(g, entries.data());
+        ScratchBuffers<D, scalar_t> scratch(p.num_references);
         for (int64_t t = begin; t < end; ++t) {
           const int64_t b = t / kChunksPerImage, chunk = t % kChunksPerImage;
-          const scalar_t* image = data + b * D * g.channel_stride;
-          double sum = 0.0;
-          for (int64_t a = A * chunk / kChunksPerImage; a < A * (chunk + 1) / kChunksPerImage; ++a) {
-            sum += anchor_loss<D, scalar_t>(image, g, p, static_cast<uint32_t>(b), static_cast<uint32_t>(a));
-          }
-          partial[t] = sum;
+          staged.load(data, b);
+          partial[t] = run_forward<D, scalar_t>(staged.im, p, static_cast<uint32_t>(b),
+                                                    static_cast<uint32_t>(A * chunk / kChunksPerImage),
+                                                    static_cast<uint32_t>(A * (chunk + 1) / kChunksPerImage),
+                                                    scratch.s);
         }
       });
     });
@@ -64,23 +202,29 @@ at::Tensor oce_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& offse
   const int64_t batch = offsets.size(0);
   double scale = grad.item<double>();
   if (parse_mean(reduction)) scale /= static_cast<double>(batch) * p.num_anchors * p.num_references;
-  at::Tensor grad_offsets = at::zeros_like(offsets);
+  at::Tensor grad_offsets = at::empty(offsets.sizes(), offsets.options());
   AT_DISPATCH_FLOATING_TYPES(offsets.scalar_type(), "oce_loss_backward_cpu", [&] {
     dispatch_dims(offsets, [&](auto dims) {
       constexpr int D = decltype(dims)::value;
       const at::Tensor disk = make_disk(kappa, D, offsets.device());
       const Grid<D> g = make_grid<D>(offsets, kappa, disk);
+      const auto entries = disk_entries<D, scalar_t>(g);
       const scalar_t* data = offsets.data_ptr<scalar_t>();
       scalar_t* grad_data = grad_offsets.data_ptr<scalar_t>();
+      const int64_t pixels = g.channel_stride;
       // One image per task: images own disjoint gradient slices, so no atomics and a deterministic order.
       at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+        StagedImageBuffer<D, scalar_t> staged(g, entries.data());
+        ScratchBuffers<D, scalar_t> scratch(p.num_references);
+        std::vector<scalar_t> grad_image(D * pixels);  // channels-last, like the staged image
         for (int64_t b = begin; b < end; ++b) {
-          const scalar_t* image = data + b * D * g.channel_stride;
-          scalar_t* grad_image = grad_data + b * D * g.channel_stride;
-          auto add = [&](int64_t index, int c, scalar_t value) { grad_image[c * g.channel_stride + index] += value; };
-          for (uint32_t a = 0; a < p.num_anchors; ++a) {
-            anchor_gradient<D, scalar_t>(image, g, p, static_cast<uint32_t>(b), a, static_cast<scalar_t>(scale),
-                                         add);
+          staged.load(data, b);
+          std::fill(grad_image.begin(), grad_image.end(), scalar_t(0));
+          run_backward<D, scalar_t>(staged.im, p, static_cast<uint32_t>(b), static_cast<scalar_t>(scale),
+                                      grad_image.data(), scratch.s);
+          scalar_t* out = grad_data + b * D * pixels;
+          for (int64_t q = 0; q < pixels; ++q) {
+            for (int c = 0; c < D; ++c) out[c * pixels + q] = grad_image[q * D + c];
           }
         }
       });

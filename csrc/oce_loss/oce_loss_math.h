@@ -59,13 +59,19 @@ inline uint32_t build_disk(double kappa, int D, int* out) {
   return count;
 }
 
+// Anchor coordinate from the words of its Philox draw (word d -> axis d).
+template <int D>
+CF_HD void anchor_from_words(const uint32_t* words, const Grid<D>& g, int64_t* coord) {
+  for (int d = 0; d < D; ++d) {
+    const uint32_t extent = static_cast<uint32_t>(g.size[d] - 2 * g.margin);
+    coord[d] = g.margin + static_cast<int64_t>(uniform_below(words[d], extent));
+  }
+}
+
 template <int D>
 CF_HD void sample_anchor(uint64_t seed, uint32_t image, uint32_t anchor, const Grid<D>& g, int64_t* coord) {
   const Words4 r = philox4x32_10(seed, anchor, image, 0u, kStreamAnchor);
-  for (int d = 0; d < D; ++d) {
-    const uint32_t extent = static_cast<uint32_t>(g.size[d] - 2 * g.margin);
-    coord[d] = g.margin + static_cast<int64_t>(uniform_below(r.v[d], extent));
-  }
+  anchor_from_words<D>(r.v, g, coord);
 }
 
 // Random words for references 4q .. 4q+3 of an anchor.
@@ -73,9 +79,15 @@ CF_HD Words4 reference_words(uint64_t seed, uint32_t image, uint32_t anchor, uin
   return philox4x32_10(seed, anchor, image, q, kStreamReference);
 }
 
+// Index into the lattice-disk table of a reference drawn with `word`.
+template <int D>
+CF_HD uint32_t disk_index(const Grid<D>& g, uint32_t word) {
+  return uniform_below(word, g.disk_size);
+}
+
 template <int D>
 CF_HD const int* offset_from_word(const Grid<D>& g, uint32_t word) {
-  return g.disk + static_cast<int64_t>(uniform_below(word, g.disk_size)) * D;
+  return g.disk + static_cast<int64_t>(disk_index<D>(g, word)) * D;
 }
 
 // Offset of reference k of an anchor (single draw; the loops below share one Philox call per 4 references).
@@ -98,21 +110,34 @@ CF_HD int64_t pixel_index(const Grid<D>& g, const int64_t* coord) {
   return index;
 }
 
-// sigma(sq) for sq = ||e_i - e_j||^2.
+// sigma(sq) and d sigma / d sq as functions of e = exp(-sq * inv_tau), for kernels that evaluate the
+// exponential themselves (the CPU kernels use a vectorisable polynomial exp, see common/cpu_math.h).
+template <typename T>
+CF_HD T pair_value_from_exp(T e, int nonlinearity) {
+  if (nonlinearity == kSigmoid) return T(1) / (T(1) + e);
+  return T(1) - e;
+}
+
+template <typename T>
+CF_HD T pair_slope_from_exp(T e, T inv_tau, int nonlinearity) {
+  if (nonlinearity == kSigmoid) {
+    const T s = T(1) / (T(1) + e);
+    return s * (T(1) - s) * inv_tau;
+  }
+  return e * inv_tau;
+}
+
+// sigma(sq) for sq = ||e_i - e_j||^2 (the Gaussian via expm1, exact also for small sq).
 template <typename T>
 CF_HD T pair_value(T sq, T inv_tau, int nonlinearity) {
-  if (nonlinearity == kSigmoid) return T(1) / (T(1) + exp_(-sq * inv_tau));
+  if (nonlinearity == kSigmoid) return pair_value_from_exp<T>(exp_(-sq * inv_tau), nonlinearity);
   return -expm1_(-sq * inv_tau);
 }
 
 // d sigma / d sq.
 template <typename T>
 CF_HD T pair_slope(T sq, T inv_tau, int nonlinearity) {
-  if (nonlinearity == kSigmoid) {
-    const T s = T(1) / (T(1) + exp_(-sq * inv_tau));
-    return s * (T(1) - s) * inv_tau;
-  }
-  return exp_(-sq * inv_tau) * inv_tau;
+  return pair_slope_from_exp<T>(exp_(-sq * inv_tau), inv_tau, nonlinearity);
 }
 
 // Loads the D offset channels of pixel `index` of one image.
@@ -121,10 +146,10 @@ CF_HD void load_offset(const T* image, const Grid<D>& g, int64_t index, T* r) {
   for (int c = 0; c < D; ++c) r[c] = image[c * g.channel_stride + index];
 }
 
-// e_i - e_j = (x_i + r_i) - (x_j + r_j) = r_i - r_j - o with o = x_j - x_i. Writes it to `diff`,
-// returns its squared norm.
-template <int D, typename T>
-CF_HD T embedding_difference(const T* r_i, const T* r_j, const int* o, T* diff) {
+// e_i - e_j = (x_i + r_i) - (x_j + r_j) = r_i - r_j - o with o = x_j - x_i (int, or already converted to
+// T). Writes it to `diff`, returns its squared norm.
+template <int D, typename T, typename O>
+CF_HD T embedding_difference(const T* r_i, const T* r_j, const O* o, T* diff) {
   T sq = T(0);
   for (int c = 0; c < D; ++c) {
     diff[c] = (r_i[c] - r_j[c]) - static_cast<T>(o[c]);

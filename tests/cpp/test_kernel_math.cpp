@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "check.h"
+#include "common/cpu_math.h"
 #include "mean_shift/mean_shift_math.h"
 #include "oce_loss/oce_loss_math.h"
 
@@ -18,6 +19,52 @@ static void test_philox_known_answers() {
   CHECK(zero.v[0] == 0x6627e8d5u && zero.v[1] == 0xe169c58du && zero.v[2] == 0xbc57ac4cu && zero.v[3] == 0x9b00dbd8u);
   Words4 ones = philox4x32_10(0xffffffffffffffffull, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu);
   CHECK(ones.v[0] == 0x408f276du && ones.v[1] == 0x41c83b0eu && ones.v[2] == 0xa20bc7c6u && ones.v[3] == 0x6d5451fdu);
+}
+
+// The vectorisable CPU Philox (portable and, where the CPU has it, AVX2) equals the scalar one.
+static void test_philox_lanes() {
+  constexpr uint32_t n = 24;
+  uint32_t c0[n], c2[n], out[4 * n];
+  for (uint32_t l = 0; l < n; ++l) {
+    c0[l] = 0x9e3779b9u * l + 17u;
+    c2[l] = l % 5 == 0 ? 0xffffffffu : l / 3;
+  }
+  const uint64_t key = 0x0123456789abcdefull;
+  auto check = [&] {
+    for (uint32_t l = 0; l < n; ++l) {
+      const Words4 ref = philox4x32_10(key, c0[l], 42u, c2[l], 1u);
+      for (int w = 0; w < 4; ++w) CHECK(out[4 * l + w] == ref.v[w]);
+    }
+  };
+  cpu::IsaDefault::philox(key, c0, 42u, c2, 1u, n, out);
+  check();
+#if defined(CF_X86_AVX2_KERNELS)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    std::fill(out, out + 4 * n, 0u);
+    cpu::IsaAvx2::philox(key, c0, 42u, c2, 1u, n, out);
+    check();
+  } else {
+    std::printf("no AVX2: IsaAvx2::philox not tested\n");
+  }
+#endif
+}
+
+// exp_poly: relative error against std::exp (2 ulp), clamped outside the normal range.
+static void test_exp_poly() {
+  double worst_f = 0.0, worst_d = 0.0;
+  for (int e = 0; e <= 200000; ++e) {
+    const double x = -87.0 + 175.0 * e / 200000.0;
+    const float xf = static_cast<float>(x);
+    worst_f = std::fmax(worst_f, std::fabs(cpu::exp_poly(xf) / std::exp(static_cast<double>(xf)) - 1.0));
+    const double xd = -708.0 + 1417.0 * e / 200000.0;
+    worst_d = std::fmax(worst_d, std::fabs(cpu::exp_poly(xd) / std::exp(xd) - 1.0));
+  }
+  CHECK(worst_f < 2.5e-7);
+  CHECK(worst_d < 5e-16);
+  CHECK(cpu::exp_poly(0.0f) == 1.0f && cpu::exp_poly(0.0) == 1.0);
+  CHECK(cpu::exp_poly(-1e30f) > 0.0f && cpu::exp_poly(-1e30f) < 1e-37f);
+  CHECK(cpu::exp_poly(-1e300) > 0.0 && cpu::exp_poly(-1e300) < 1e-307);
 }
 
 // A 2-D grid whose disk table lives in `disk`.
@@ -155,6 +202,8 @@ static void test_mean_shift_seed() {
 
 int main() {
   test_philox_known_answers();
+  test_philox_lanes();
+  test_exp_poly();
   test_disk_table();
   test_sampling_ranges();
   test_nonlinearity_slopes();

@@ -10,7 +10,7 @@ def pytest_addoption(parser):
     parser.addoption("--quick", action="store_true", help="smaller problem sizes and fewer rounds")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def quick(request) -> bool:
     return request.config.getoption("--quick")
 

@@ -10,7 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).parent
-X_KEY = {"oce_loss": "pixels", "mean_shift": "points", "mean_shift_all": "points", "segment": "pixels"}
+X_KEY = {"oce_loss": "pixels", "mean_shift": "points", "mean_shift_all": "points", "mean_shift_points": "points",
+         "segment": "pixels"}
 BASELINE = {"fused": ("reference", "sklearn")}
 
 

@@ -58,3 +58,48 @@ def test_mean_shift_all_pixels(benchmark, quick, data, size):
     benchmark.extra_info.update(op="mean_shift_all", impl="fused", size=size, points=int(mask.sum()))
     labels = benchmark.pedantic(pipeline, args=(mean_shift_labels, emb, mask, 0, None), rounds=3, warmup_rounds=1)
     assert labels.max() >= 0.95 * CASES[size]
+
+
+def _blob_points(n):
+    from sklearn.datasets import make_blobs
+
+    # ~n/400 cells of 400 embedded pixels each, spread like cell centres in an image
+    points, _ = make_blobs(n_samples=n, centers=max(1, n // 400), n_features=2, cluster_std=1.5,
+                           center_box=(0, 4 * (n // 400) ** 0.5 * 24), random_state=0)
+    return torch.from_numpy(points)
+
+
+@pytest.mark.parametrize("n", [10_000, 100_000, 1_000_000])
+@pytest.mark.parametrize("impl", ["fused", "reference", "sklearn"])
+def test_mean_shift_points(benchmark, quick, impl, n):
+    """Every point a seed, bandwidth 12: the fused op vs the dense pure-PyTorch reference (10k points
+    only: it is quadratic) and vs scikit-learn with bin seeding (without, it would take hours at 1M)."""
+    from cellulus_fast import reference
+    from cellulus_fast.ops import mean_shift
+
+    if (quick and n > 100_000) or (impl == "reference" and n > 10_000) or (impl == "sklearn" and n > 100_000):
+        pytest.skip("too slow for this implementation / mode")
+    points = _blob_points(n)
+    benchmark.group = f"mean_shift {n} points"
+    benchmark.extra_info.update(op="mean_shift_points", impl=impl, points=n)
+    if impl == "fused":
+        labels, centers = benchmark.pedantic(mean_shift, args=(points, BANDWIDTH), rounds=3, warmup_rounds=1)
+        if n <= 10_000:  # same result as the reference
+            ref_labels, ref_centers = reference.mean_shift(points, BANDWIDTH)
+            assert torch.equal(labels, ref_labels)
+            torch.testing.assert_close(centers, ref_centers, rtol=0, atol=1e-9)
+    elif impl == "reference":
+        benchmark.pedantic(reference.mean_shift, args=(points, BANDWIDTH), rounds=1)
+    else:
+        import warnings
+
+        from sklearn.cluster import MeanShift
+
+        def fit():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return MeanShift(bandwidth=BANDWIDTH, bin_seeding=True).fit(points.numpy())
+
+        model = benchmark.pedantic(fit, rounds=1)
+        labels, centers = mean_shift(points, BANDWIDTH, bin_seeding=True)
+        assert adjusted_rand_score(model.labels_, labels.numpy()) >= 0.999

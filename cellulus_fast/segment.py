@@ -7,7 +7,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -84,9 +84,10 @@ def size_filter(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def instances(prediction: Prediction, params: Parameters, *, threshold: Optional[float] = None,
-              fit_fraction: Optional[float] = 0.1, seed: int = 0,
-              device: Union[str, torch.device, None] = None) -> List[np.ndarray]:
-    """Label images (one per bandwidth) from a prediction."""
+              fit_fraction: Optional[float] = 0.1, seed: int = 0, device: Union[str, torch.device, None] = None,
+              clusterer: Callable[..., torch.Tensor] = mean_shift_labels) -> List[np.ndarray]:
+    """Label images (one per bandwidth) from a prediction. ``clusterer`` has the signature of
+    :func:`cellulus_fast.ops.mean_shift_labels` (benchmarks pass scikit-learn's pipeline here)."""
     if threshold is None:
         if np.ptp(prediction.uncertainty) == 0:
             warnings.warn("the uncertainty map is constant: no foreground found, returning empty labels")
@@ -101,7 +102,7 @@ def instances(prediction: Prediction, params: Parameters, *, threshold: Optional
     out = []
     for bandwidth in params.bandwidths:
         g = torch.Generator().manual_seed(seed)
-        labels = mean_shift_labels(emb, mask_t, bandwidth, fit_fraction=fit_fraction, generator=g).cpu().numpy()
+        labels = clusterer(emb, mask_t, bandwidth, fit_fraction=fit_fraction, generator=g).cpu().numpy()
         labels = halo_correction(labels, params.grow, params.shrink)
         out.append(size_filter(labels, params.min_size))
     return out

@@ -1,4 +1,5 @@
-"""Reference mean-shift: dense pairwise distances, every seed against every point (O(S * N) memory)."""
+"""Reference mean-shift: dense pairwise distances, every seed against every point (seeds in chunks, so
+memory is O(chunk * N))."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -14,7 +15,7 @@ def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def mean_shift(points: torch.Tensor, bandwidth: float, *, seeds: Optional[torch.Tensor] = None,
                bin_seeding: bool = False, min_bin_freq: int = 1, max_iter: int = 300,
-               cluster_all: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+               cluster_all: bool = True, chunk: int = 512) -> Tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`cellulus_fast.ops.mean_shift`, written with dense tensor ops."""
     if seeds is None:
         seeds = bin_seeds(points, bandwidth, min_bin_freq) if bin_seeding else points
@@ -23,16 +24,16 @@ def mean_shift(points: torch.Tensor, bandwidth: float, *, seeds: Optional[torch.
     active = torch.ones(len(means), dtype=torch.bool)
     iterations = 0
     while active.any():
-        idx = active.nonzero().flatten()
-        within = _squared_distances(means[idx], points) <= bandwidth**2
-        n = within.sum(1)
-        counts[idx] = n
-        empty = n == 0
-        new = (within.double() @ points.double() / n.clamp(min=1)[:, None]).to(points.dtype)
-        moved = ((new.double() - means[idx].double()) ** 2).sum(1)
-        means[idx[~empty]] = new[~empty]
-        done = empty | (moved <= (1e-3 * bandwidth) ** 2) | (iterations == max_iter)
-        active[idx[done]] = False
+        for idx in active.nonzero().flatten().split(chunk):
+            within = _squared_distances(means[idx], points) <= bandwidth**2
+            n = within.sum(1)
+            counts[idx] = n
+            empty = n == 0
+            new = (within.double() @ points.double() / n.clamp(min=1)[:, None]).to(points.dtype)
+            moved = ((new.double() - means[idx].double()) ** 2).sum(1)
+            means[idx[~empty]] = new[~empty]
+            done = empty | (moved <= (1e-3 * bandwidth) ** 2) | (iterations == max_iter)
+            active[idx[done]] = False
         iterations += 1
     candidates = rank_modes(means, counts, bandwidth)
     keep = torch.ones(len(candidates), dtype=torch.bool)
@@ -42,8 +43,7 @@ def mean_shift(points: torch.Tensor, bandwidth: float, *, seeds: Optional[torch.
             keep[close[i]] = False
             keep[i] = True
     centers = candidates[keep]
-    dist = _squared_distances(points, centers)
-    best, labels = dist.min(1)
+    best, labels = torch.cat([_squared_distances(p, centers) for p in points.split(chunk * 16)]).min(1)
     if not cluster_all:
         labels[best > bandwidth**2] = -1
     return labels, centers

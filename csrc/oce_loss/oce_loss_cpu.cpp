@@ -26,21 +26,27 @@ constexpr int64_t kChunksPerImage = 64;
 // ---- Runtime ISA dispatch -----------------------------------------------------------------------------
 // The kernels are header-inline templates; the *_avx2 wrappers below carry the target attribute, so the
 // kernels inlined into them are compiled (and auto-vectorised) for AVX2+FMA, while every out-of-line
-// function stays baseline code. CELLULUS_FAST_CPU_CAPABILITY=default forces the baseline kernels.
+// function stays baseline code. CELLULUS_FAST_CPU_CAPABILITY selects a path: "default" the blocked kernels
+// for the baseline ISA; "generic" the per-anchor code of oce_loss_math.h that the CUDA kernels run (slower;
+// it lets the CPU tests cover the GPU's per-element path); unset, AVX2+FMA where the CPU has them.
 
-bool use_avx2() {
+enum class Capability { kGeneric, kDefault, kAvx2 };
+
+Capability capability() {
+  static const Capability chosen = [] {
+    const char* env = std::getenv("CELLULUS_FAST_CPU_CAPABILITY");
+    if (env != nullptr && std::strcmp(env, "generic") == 0) return Capability::kGeneric;
+    if (env != nullptr && std::strcmp(env, "default") == 0) return Capability::kDefault;
 #ifdef CF_X86_AVX2_KERNELS
-  static const bool avx2 = [] {
-    const char* capability = std::getenv("CELLULUS_FAST_CPU_CAPABILITY");
-    if (capability != nullptr && std::strcmp(capability, "default") == 0) return false;
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return avx2;
-#else
-  return false;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Capability::kAvx2;
 #endif
+    return Capability::kDefault;
+  }();
+  return chosen;
 }
+
+bool use_avx2() { return capability() == Capability::kAvx2; }
 
 template <int D, typename T>
 double forward_default(const cpu::StagedImage<D, T>& im, const LossParams& p, uint32_t b, uint32_t a_begin,
@@ -169,9 +175,23 @@ at::Tensor oce_loss_cpu(const at::Tensor& offsets_in, double density, double kap
       constexpr int D = decltype(dims)::value;
       const at::Tensor disk = make_disk(kappa, D, offsets.device());
       const Grid<D> g = make_grid<D>(offsets, kappa, disk);
-      const auto entries = disk_entries<D, scalar_t>(g);
       const scalar_t* data = offsets.data_ptr<scalar_t>();
       const int64_t A = p.num_anchors;
+      if (capability() == Capability::kGeneric) {
+        at::parallel_for(0, batch * kChunksPerImage, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t t = begin; t < end; ++t) {
+            const int64_t b = t / kChunksPerImage, chunk = t % kChunksPerImage;
+            double sum = 0.0;
+            for (int64_t a = A * chunk / kChunksPerImage; a < A * (chunk + 1) / kChunksPerImage; ++a) {
+              sum += anchor_loss<D, scalar_t>(data + b * D * g.channel_stride, g, p, static_cast<uint32_t>(b),
+                                              static_cast<uint32_t>(a));
+            }
+            partial[t] = sum;
+          }
+        });
+        return;
+      }
+      const auto entries = disk_entries<D, scalar_t>(g);
       at::parallel_for(0, batch * kChunksPerImage, 1, [&](int64_t begin, int64_t end) {
         StagedImageBuffer<D, scalar_t> staged(g, entries.data());
         ScratchBuffers<D, scalar_t> scratch(p.num_references);
@@ -208,10 +228,24 @@ at::Tensor oce_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& offse
       constexpr int D = decltype(dims)::value;
       const at::Tensor disk = make_disk(kappa, D, offsets.device());
       const Grid<D> g = make_grid<D>(offsets, kappa, disk);
-      const auto entries = disk_entries<D, scalar_t>(g);
       const scalar_t* data = offsets.data_ptr<scalar_t>();
       scalar_t* grad_data = grad_offsets.data_ptr<scalar_t>();
       const int64_t pixels = g.channel_stride;
+      if (capability() == Capability::kGeneric) {
+        at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t b = begin; b < end; ++b) {
+            scalar_t* grad_image = grad_data + b * D * pixels;
+            std::fill(grad_image, grad_image + D * pixels, scalar_t(0));
+            auto add = [&](int64_t index, int c, scalar_t value) { grad_image[c * pixels + index] += value; };
+            for (uint32_t a = 0; a < p.num_anchors; ++a) {
+              anchor_gradient<D, scalar_t>(data + b * D * pixels, g, p, static_cast<uint32_t>(b), a,
+                                           static_cast<scalar_t>(scale), add);
+            }
+          }
+        });
+        return;
+      }
+      const auto entries = disk_entries<D, scalar_t>(g);
       // One image per task: images own disjoint gradient slices, so no atomics and a deterministic order.
       at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
         StagedImageBuffer<D, scalar_t> staged(g, entries.data());

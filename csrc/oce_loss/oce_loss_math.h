@@ -175,15 +175,11 @@ struct LossParams {
   uint32_t num_references;
 };
 
-// Loss of all references of one anchor (pair terms plus num_references regulariser terms), in double.
-template <int D, typename T>
-CF_HD double anchor_loss(const T* image, const Grid<D>& g, const LossParams& p, uint32_t b, uint32_t a) {
-  int64_t xi[D];
-  sample_anchor<D>(p.seed, b, a, g, xi);
-  const int64_t i = pixel_index<D>(g, xi);
-  T r_i[D];
-  load_offset<D, T>(image, g, i, r_i);
-  double total = p.lambda_reg * static_cast<double>(norm<D, T>(r_i)) * p.num_references;
+// Visits the references of anchor pixel i (offset r_i) of image b: visit(j, diff, sq) with j the reference
+// pixel, diff = e_i - e_j and sq = ||diff||^2.
+template <int D, typename T, typename Visit>
+CF_HD void for_each_reference(const T* image, const Grid<D>& g, const LossParams& p, uint32_t b, uint32_t a,
+                              int64_t i, const T* r_i, Visit visit) {
   Words4 words;
   for (uint32_t k = 0; k < p.num_references; ++k) {
     if ((k & 3) == 0) words = reference_words(p.seed, b, a, k >> 2);
@@ -193,8 +189,22 @@ CF_HD double anchor_loss(const T* image, const Grid<D>& g, const LossParams& p, 
     T r_j[D], diff[D];
     load_offset<D, T>(image, g, j, r_j);
     const T sq = embedding_difference<D, T>(r_i, r_j, o, diff);
-    total += static_cast<double>(pair_value<T>(sq, static_cast<T>(p.inv_tau), p.nonlinearity));
+    visit(j, diff, sq);
   }
+}
+
+// Loss of all references of one anchor (pair terms plus num_references regulariser terms), in double.
+template <int D, typename T>
+CF_HD double anchor_loss(const T* image, const Grid<D>& g, const LossParams& p, uint32_t b, uint32_t a) {
+  int64_t xi[D];
+  sample_anchor<D>(p.seed, b, a, g, xi);
+  const int64_t i = pixel_index<D>(g, xi);
+  T r_i[D];
+  load_offset<D, T>(image, g, i, r_i);
+  double total = p.lambda_reg * static_cast<double>(norm<D, T>(r_i)) * p.num_references;
+  for_each_reference<D, T>(image, g, p, b, a, i, r_i, [&](int64_t, const T*, T sq) {
+    total += static_cast<double>(pair_value<T>(sq, static_cast<T>(p.inv_tau), p.nonlinearity));
+  });
   return total;
 }
 
@@ -212,21 +222,13 @@ CF_HD void anchor_gradient(const T* image, const Grid<D>& g, const LossParams& p
   // d||r|| / dr = r / ||r||; the subgradient 0 is used at r = 0.
   const T reg = n > T(0) ? scale * static_cast<T>(p.lambda_reg) * static_cast<T>(p.num_references) / n : T(0);
   for (int c = 0; c < D; ++c) grad_i[c] = reg * r_i[c];
-  Words4 words;
-  for (uint32_t k = 0; k < p.num_references; ++k) {
-    if ((k & 3) == 0) words = reference_words(p.seed, b, a, k >> 2);
-    const int* o = offset_from_word<D>(g, words.v[k & 3]);
-    int64_t j = i;
-    for (int d = 0; d < D; ++d) j += o[d] * g.stride[d];
-    T r_j[D], diff[D];
-    load_offset<D, T>(image, g, j, r_j);
-    const T sq = embedding_difference<D, T>(r_i, r_j, o, diff);
+  for_each_reference<D, T>(image, g, p, b, a, i, r_i, [&](int64_t j, const T* diff, T sq) {
     const T w = T(2) * scale * pair_slope<T>(sq, static_cast<T>(p.inv_tau), p.nonlinearity);
     for (int c = 0; c < D; ++c) {
       grad_i[c] += w * diff[c];
       if (!p.detach_reference) add(j, c, -w * diff[c]);
     }
-  }
+  });
   for (int c = 0; c < D; ++c) add(i, c, grad_i[c]);
 }
 

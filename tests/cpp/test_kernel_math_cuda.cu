@@ -19,6 +19,13 @@ __global__ void draw(oce::Grid<2> g, int n, int* out) {
   out[4 * a + 0] = int(x[0]); out[4 * a + 1] = int(x[1]); out[4 * a + 2] = o[0]; out[4 * a + 3] = o[1];
 }
 
+// Instantiates the per-anchor loss and gradient as device code, as the extension's CUDA kernels do.
+__global__ void loss_and_gradient(const float* image, oce::Grid<2> g, oce::LossParams p, double* loss, float* grad) {
+  *loss = oce::anchor_loss<2, float>(image, g, p, 0, threadIdx.x);
+  auto add = [&](int64_t index, int c, float value) { atomicAdd(grad + c * g.channel_stride + index, value); };
+  oce::anchor_gradient<2, float>(image, g, p, 0, threadIdx.x, 1.0f, add);
+}
+
 // Instantiates the mean-shift math as device code (compile check; run only with a GPU).
 __global__ void shift(const double* sorted, ms::CellGrid<2> g, double* mean, int64_t* count) {
   *count = ms::shift_seed<2, double>(sorted, g, 1.0, 300, mean).count;

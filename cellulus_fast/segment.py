@@ -140,6 +140,11 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
         With ``return_predictions=True`` a tuple (labels, predictions). ``images`` are read as by
         :func:`~cellulus_fast.data.load_images` (``axes`` as there, e.g. ``"CYX"`` for multi-channel).
     """
+    for name, value, low in (("num_noise_passes", num_noise_passes, 0), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if fit_fraction is not None and not 0 < fit_fraction <= 1:
+        raise ValueError(f"fit_fraction must lie in (0, 1] or be None, got {fit_fraction!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = _as_model(model_or_checkpoint, device)
     params = derive_parameters(object_diameter, bandwidth=bandwidth, min_size=min_size, grow=grow,

@@ -120,14 +120,13 @@ def train(images: Any, output_dir: Union[str, Path], *, config: Optional[TrainCo
     Under ``torchrun --nproc_per_node N`` the model is wrapped in DistributedDataParallel (NCCL on GPUs, gloo
     on CPUs); every process draws its own crops and rank 0 writes the outputs.
     """
-    config = (config or TrainConfig()).replace(**options) if options else (config or TrainConfig())
+    config = (config or TrainConfig()).replace(**options)
     output_dir = Path(output_dir)
     rank, world = _distributed()
     device = _device(config.device, rank)
 
     # Everything that can fail on bad input happens before anything is written.
-    model = UNet(in_channels=1, num_fmaps=config.num_fmaps, fmap_inc_factor=config.fmap_inc_factor,
-                 depth=config.depth)  # placeholder for size checks; rebuilt below with the real channel count
+    model = UNet(num_fmaps=1, fmap_inc_factor=1, depth=config.depth)  # the geometry only depends on depth
     field_of_view = model.context + 2
     data = [normalize(image) for image in load_images(images, axes=axes, min_size=field_of_view)]
     channels = data[0].shape[0]

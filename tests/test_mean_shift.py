@@ -168,3 +168,15 @@ def test_cuda_matches_cpu(dims, dtype):
         gpu_labels, gpu_centers = mean_shift(X.cuda(), 2.5, **kw)
         torch.testing.assert_close(gpu_centers.cpu(), centers, rtol=0, atol=1e-9 if dtype == torch.float64 else 1e-4)
         assert torch.equal(gpu_labels.cpu(), labels)
+
+
+def test_kernels_check_their_arguments():
+    ops = torch.ops.cellulus_fast
+    with pytest.raises(ValueError, match="same D"):
+        ops.nearest_center(torch.zeros(4, 2), torch.zeros(2, 3), 1.0, True)
+    with pytest.raises(ValueError, match="empty"):
+        ops.nearest_center(torch.zeros(4, 2), torch.zeros(0, 2), 1.0, True)
+    with pytest.raises(ValueError, match="same D"):
+        ops.mean_shift_modes(torch.zeros(4, 2), torch.zeros(2, 3), 1.0, 300)
+    with pytest.raises(ValueError, match="max_iter"):
+        ops.mean_shift_modes(torch.zeros(4, 2), torch.zeros(2, 2), 1.0, -1)

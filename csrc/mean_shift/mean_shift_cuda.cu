@@ -47,11 +47,7 @@ __global__ void nearest_kernel(const T* __restrict__ points, int64_t n, const T*
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mean_shift_modes_cuda(const at::Tensor& points_in,
                                                                      const at::Tensor& seeds_in, double bandwidth,
                                                                      int64_t max_iter) {
-  check_points(points_in, "points");
-  check_points(seeds_in, "seeds");
-  check_bandwidth(bandwidth);
-  TORCH_CHECK_VALUE(seeds_in.size(1) == points_in.size(1), "seeds and points must have the same D");
-  TORCH_CHECK_VALUE(max_iter >= 0, "max_iter must be >= 0, got ", max_iter);
+  check_modes_args(points_in, seeds_in, bandwidth, max_iter);
   const c10::cuda::CUDAGuard guard(points_in.device());
   const at::Tensor points = points_in.contiguous();
   at::Tensor modes = seeds_in.to(points.options()).contiguous().clone();
@@ -82,10 +78,7 @@ at::Tensor mean_shift_dedup_cuda(const at::Tensor& centers, double bandwidth) {
 
 at::Tensor nearest_center_cuda(const at::Tensor& points_in, const at::Tensor& centers_in, double bandwidth,
                                bool cluster_all) {
-  check_points(points_in, "points");
-  check_points(centers_in, "centers");
-  check_bandwidth(bandwidth);
-  TORCH_CHECK_VALUE(centers_in.size(0) > 0, "centers must not be empty");
+  check_nearest_args(points_in, centers_in, bandwidth);
   const c10::cuda::CUDAGuard guard(points_in.device());
   const at::Tensor points = points_in.contiguous();
   const at::Tensor centers = centers_in.to(points.options()).contiguous();

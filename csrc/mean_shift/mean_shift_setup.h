@@ -31,6 +31,25 @@ inline void check_bandwidth(double bandwidth) {
                     bandwidth);
 }
 
+// Argument checks of mean_shift_modes (CPU and CUDA kernels).
+inline void check_modes_args(const at::Tensor& points, const at::Tensor& seeds, double bandwidth,
+                             int64_t max_iter) {
+  check_points(points, "points");
+  check_points(seeds, "seeds");
+  check_bandwidth(bandwidth);
+  TORCH_CHECK_VALUE(seeds.size(1) == points.size(1), "seeds and points must have the same D");
+  TORCH_CHECK_VALUE(max_iter >= 0, "max_iter must be >= 0, got ", max_iter);
+}
+
+// Argument checks of nearest_center (CPU and CUDA kernels).
+inline void check_nearest_args(const at::Tensor& points, const at::Tensor& centers, double bandwidth) {
+  check_points(points, "points");
+  check_points(centers, "centers");
+  check_bandwidth(bandwidth);
+  TORCH_CHECK_VALUE(centers.size(1) == points.size(1), "centers and points must have the same D");
+  TORCH_CHECK_VALUE(centers.size(0) > 0, "centers must not be empty");
+}
+
 // Points sorted by cell (stable), the permutation, and the cell start offsets.
 struct GridData {
   at::Tensor sorted;  // (N, D), dtype of the points

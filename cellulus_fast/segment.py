@@ -22,6 +22,7 @@ from . import checkpoint as ckpt
 from .data import load_images, normalize
 from .models import UNet
 from .ops import mean_shift_labels
+from .ops._checks import check_int, check_real
 from .predict import Prediction, predict
 
 
@@ -140,11 +141,10 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
         With ``return_predictions=True`` a tuple (labels, predictions). ``images`` are read as by
         :func:`~cellulus_fast.data.load_images` (``axes`` as there, e.g. ``"CYX"`` for multi-channel).
     """
-    for name, value, low in (("num_noise_passes", num_noise_passes, 0), ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if fit_fraction is not None and not 0 < fit_fraction <= 1:
-        raise ValueError(f"fit_fraction must lie in (0, 1] or be None, got {fit_fraction!r}")
+    check_int("num_noise_passes", num_noise_passes, low=0)
+    check_int("batch_size", batch_size, low=1)
+    if fit_fraction is not None:
+        check_real("fit_fraction", fit_fraction, low=0.0, high=1.0, low_open=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = _as_model(model_or_checkpoint, device)
     params = derive_parameters(object_diameter, bandwidth=bandwidth, min_size=min_size, grow=grow,

@@ -13,14 +13,11 @@ import numpy as np
 import torch
 
 from .._extension import OPS
-from ._checks import check_int, check_real
+from ._checks import check_float_tensor, check_int, check_real
 
 
 def _check_points(name: str, points: object) -> torch.Tensor:
-    if not isinstance(points, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(points).__name__}")
-    if points.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{name} must be float32 or float64, got {points.dtype}")
+    check_float_tensor(name, points)
     if points.dim() != 2 or points.shape[1] not in (2, 3):
         raise ValueError(f"{name} must have shape (N, D) with D in {{2, 3}}, got {tuple(points.shape)}")
     if not torch.isfinite(points).all():

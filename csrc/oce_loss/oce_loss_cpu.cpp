@@ -10,10 +10,14 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "oce_loss_cpu_kernel.h"
 #include "oce_loss_setup.h"
+#ifdef CF_X86_AVX2_KERNELS
+#include "oce_loss_cpu_avx2.h"
+#endif
 
 namespace cellulus_fast {
 namespace oce {
@@ -47,6 +51,7 @@ Capability capability() {
 }
 
 bool use_avx2() { return capability() == Capability::kAvx2; }
+
 
 template <int D, typename T>
 double forward_default(const cpu::StagedImage<D, T>& im, const LossParams& p, uint32_t b, uint32_t a_begin,
@@ -161,6 +166,90 @@ struct StagedImageBuffer {
   }
 };
 
+#ifdef CF_X86_AVX2_KERNELS
+// The lattice-disk table of the float32 2-D kernels (oce_loss_cpu_avx2.h) for images with `pixel_stride`.
+std::vector<cpu::avx2::DiskEntry2d> disk_2d(const Grid<2>& g, int pixel_stride) {
+  std::vector<cpu::avx2::DiskEntry2d> disk(g.disk_size);
+  for (uint32_t e = 0; e < g.disk_size; ++e) {
+    const int o0 = g.disk[2 * e], o1 = g.disk[2 * e + 1];
+    const auto step = static_cast<int32_t>(pixel_stride * (o0 * g.size[1] + o1));
+    disk[e] = {{static_cast<float>(o0), static_cast<float>(o1)}, step, 0};
+  }
+  return disk;
+}
+
+// An image of those kernels: `r` channels-last with `pixel_stride` floats per pixel.
+cpu::avx2::Image2d avx2_image(const Grid<2>& g, const float* r, int pixel_stride,
+                              const std::vector<cpu::avx2::DiskEntry2d>& disk) {
+  cpu::avx2::Image2d im;
+  im.r = r;
+  im.pixel_stride = pixel_stride;
+  im.width = static_cast<int32_t>(g.size[1]);
+  im.margin = g.margin;
+  im.extent0 = static_cast<uint32_t>(g.size[0] - 2 * g.margin);
+  im.extent1 = static_cast<uint32_t>(g.size[1] - 2 * g.margin);
+  im.disk = disk.data();
+  im.disk_size = g.disk_size;
+  return im;
+}
+
+// Runs the forward pass with those kernels where they apply (float32, 2-D, AVX2), else returns false.
+bool forward_avx2_2d(const float* data, const Grid<2>& g, const LossParams& p, int64_t batch,
+                     std::vector<double>& partial) {
+  if (!use_avx2() || !cpu::avx2::fits_2d(g)) return false;
+  const auto disk = disk_2d(g, 2);
+  const int64_t A = p.num_anchors;
+  at::parallel_for(0, batch * kChunksPerImage, 1, [&](int64_t begin, int64_t end) {
+    StagedImageBuffer<2, float> staged(g, nullptr);
+    std::vector<float> buffer(cpu::avx2::pair_block_floats(p.num_references));
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / kChunksPerImage, chunk = t % kChunksPerImage;
+      staged.load(data, b);
+      partial[t] = cpu::avx2::forward_anchors(avx2_image(g, staged.im.r, 2, disk), p, static_cast<uint32_t>(b),
+                                              static_cast<uint32_t>(A * chunk / kChunksPerImage),
+                                              static_cast<uint32_t>(A * (chunk + 1) / kChunksPerImage), buffer.data());
+    }
+  });
+  return true;
+}
+
+// The backward pass likewise, into the planar gradient `grad` (every image overwritten).
+bool backward_avx2_2d(const float* data, const Grid<2>& g, const LossParams& p, int64_t batch, double scale,
+                      float* grad) {
+  if (!use_avx2() || !cpu::avx2::fits_2d(g)) return false;
+  const auto disk = disk_2d(g, 4);
+  const int64_t pixels = g.channel_stride;
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> image(4 * pixels);  // per pixel: r_0, r_1, grad_0, grad_1
+    std::vector<float> buffer(cpu::avx2::pair_block_floats(p.num_references));
+    for (int64_t b = begin; b < end; ++b) {
+      const float* r = data + b * 2 * pixels;
+      for (int64_t q = 0; q < pixels; ++q) {
+        image[4 * q] = r[q];
+        image[4 * q + 1] = r[pixels + q];
+        image[4 * q + 2] = image[4 * q + 3] = 0.0f;
+      }
+      cpu::avx2::backward_image(avx2_image(g, image.data(), 4, disk), p, static_cast<uint32_t>(b),
+                                static_cast<float>(scale), image.data() + 2, buffer.data());
+      float* out = grad + b * 2 * pixels;
+      for (int64_t q = 0; q < pixels; ++q) {
+        out[q] = image[4 * q + 2];
+        out[pixels + q] = image[4 * q + 3];
+      }
+    }
+  });
+  return true;
+}
+#endif
+
+// Other dtypes and dims (and CPUs without AVX2) use the blocked kernels.
+template <int D, typename T>
+bool forward_avx2_2d(const T*, const Grid<D>&, const LossParams&, int64_t, std::vector<double>&) {
+  return false;
+}
+template <int D, typename T>
+bool backward_avx2_2d(const T*, const Grid<D>&, const LossParams&, int64_t, double, T*) { return false; }
+
 at::Tensor oce_loss_cpu(const at::Tensor& offsets_in, double density, double kappa, int64_t num_references,
                         double tau, double lambda_reg, c10::string_view nonlinearity, bool detach_reference,
                         int64_t seed, c10::string_view reduction) {
@@ -191,6 +280,7 @@ at::Tensor oce_loss_cpu(const at::Tensor& offsets_in, double density, double kap
         });
         return;
       }
+      if (forward_avx2_2d(data, g, p, batch, partial)) return;
       const auto entries = disk_entries<D, scalar_t>(g);
       at::parallel_for(0, batch * kChunksPerImage, 1, [&](int64_t begin, int64_t end) {
         StagedImageBuffer<D, scalar_t> staged(g, entries.data());
@@ -245,6 +335,7 @@ at::Tensor oce_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& offse
         });
         return;
       }
+      if (backward_avx2_2d(data, g, p, batch, scale, grad_data)) return;
       const auto entries = disk_entries<D, scalar_t>(g);
       // One image per task: images own disjoint gradient slices, so no atomics and a deterministic order.
       at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {

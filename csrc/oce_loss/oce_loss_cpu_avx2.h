@@ -1,0 +1,357 @@
+// Hand-written AVX2+FMA kernels of the fused OCE loss for the training case: float32, 2-D.
+//
+// Lanes run over anchors, the loop over references: one Philox call gives 4 references to each of 8
+// anchors, whose offsets stay in registers. Per group of 8 anchors the kernels
+//   1. draw the disk-table indices of all R references (vectorised Philox and multiply-shift);
+//   2. fetch, per pair and with scalar loads (gathers are slow on several x86 CPUs), r_j + o from the
+//      channels-last image and the table (o the lattice offset, so e_i - e_j = r_i - (r_j + o));
+//   3. evaluate the nonlinearity on 8 pairs per vector and sum (forward) or scatter the gradients, pair by
+//      pair, so that anchors sharing a reference are handled exactly (backward).
+// Step 3 reads what step 2 wrote only after the whole group: a vector load right after narrower stores to
+// the same bytes would stall. The pairs are those of oce_loss_math.h (same Philox counters, same
+// uniform_below, same table order); only the rounding order of the sums differs from the other kernels.
+// Included by oce_loss_cpu.cpp on x86 only; every function here must run only where AVX2 and FMA are.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../common/cpu_math.h"
+#include "oce_loss_math.h"
+
+namespace cellulus_fast {
+namespace oce {
+namespace cpu {
+namespace avx2 {
+
+// Entry of the lattice-disk table: the offset o as floats (loaded with one 16-byte load) and the step from
+// a pixel's first element to its reference's in the image, S (o_0 W + o_1) (S: Image2d::pixel_stride).
+struct alignas(16) DiskEntry2d {
+  float o[2];
+  int32_t step;
+  int32_t unused;
+};
+
+// One float32 image, channels-last: offset channel c of pixel p at r[S p + c], S = pixel_stride (2, or 4
+// where the backward pass keeps the pixel's gradient next to it, at r[S p + 2 + c]: one cache line for both).
+struct Image2d {
+  const float* r;
+  int32_t pixel_stride;
+  int32_t width;
+  int32_t margin;
+  uint32_t extent0, extent1;  // anchor range per axis: size - 2 * margin
+  const DiskEntry2d* disk;
+  uint32_t disk_size;
+};
+
+// The kernels index elements with int32.
+inline bool fits_2d(const Grid<2>& g) { return 2 * g.channel_stride < (int64_t{1} << 31); }
+
+CF_TARGET_AVX2 CF_ALWAYS_INLINE __m256i mulhi_epu32(__m256i a, __m256i b) {
+  const __m256i even = _mm256_mul_epu32(a, b);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), b);
+  return _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+// Round keys of Philox4x32-10 for one key, broadcast (computed once per kernel call).
+struct PhiloxKeys {
+  __m256i k0[10], k1[10];
+};
+
+CF_TARGET_AVX2 CF_ALWAYS_INLINE void philox_keys(uint64_t key, PhiloxKeys& keys) {
+  uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+  for (int round = 0; round < 10; ++round) {
+    keys.k0[round] = _mm256_set1_epi32(static_cast<int>(k0));
+    keys.k1[round] = _mm256_set1_epi32(static_cast<int>(k1));
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+}
+
+// Philox4x32-10 of the counters (c0[lane], c1, c2, c3), bit-identical to philox4x32_10; the 4 words of each
+// lane in w[0..3].
+CF_TARGET_AVX2 CF_ALWAYS_INLINE void philox8(const PhiloxKeys& keys, __m256i c0, uint32_t c1, uint32_t c2,
+                                             uint32_t c3, __m256i* w) {
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  __m256i x0 = c0, x1 = _mm256_set1_epi32(static_cast<int>(c1));
+  __m256i x2 = _mm256_set1_epi32(static_cast<int>(c2)), x3 = _mm256_set1_epi32(static_cast<int>(c3));
+  for (int round = 0; round < 10; ++round) {
+    const __m256i hi0 = mulhi_epu32(x0, m0), lo0 = _mm256_mullo_epi32(x0, m0);
+    const __m256i hi1 = mulhi_epu32(x2, m1), lo1 = _mm256_mullo_epi32(x2, m1);
+    x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), keys.k0[round]);
+    x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), keys.k1[round]);
+    x1 = lo1;
+    x3 = lo0;
+  }
+  w[0] = x0;
+  w[1] = x1;
+  w[2] = x2;
+  w[3] = x3;
+}
+
+// exp_poly of cpu_math.h for x <= 0, 8 lanes (same clamping, reduction and polynomial).
+CF_TARGET_AVX2 CF_ALWAYS_INLINE __m256 exp8_nonpositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 round = _mm256_set1_ps(12582912.0f);
+  const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), round);
+  const __m256 n = _mm256_sub_ps(t, round);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  // bits(t) = bits(round) + n, so the scale 2^n has exponent field n + 127.
+  const __m256i scale = _mm256_slli_epi32(
+      _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B400000 - 127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
+}
+
+// Lanes 0..7 of 8 (x, y) float pairs stored interleaved at p, as a vector of x and one of y.
+CF_TARGET_AVX2 CF_ALWAYS_INLINE void deinterleave(const float* p, __m256& x, __m256& y) {
+  const __m256 v0 = _mm256_load_ps(p), v1 = _mm256_load_ps(p + 8);
+  // shuffle_ps works per 128-bit half: lanes come out as 0 1 4 5 | 2 3 6 7; permute4x64 restores the order.
+  x = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(v0, v1, 0x88)), 0xD8));
+  y = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(v0, v1, 0xDD)), 0xD8));
+}
+
+// The inverse: x and y lanes 0..7 stored interleaved at p.
+CF_TARGET_AVX2 CF_ALWAYS_INLINE void interleave(__m256 x, __m256 y, float* p) {
+  const __m256 lo = _mm256_unpacklo_ps(x, y), hi = _mm256_unpackhi_ps(x, y);  // pairs 0 1 4 5, 2 3 6 7
+  _mm256_store_ps(p, _mm256_permute2f128_ps(lo, hi, 0x20));
+  _mm256_store_ps(p + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+}
+
+// Anchors a0 .. a0 + 7 of image b (lanes past `n` repeat anchor a0 + n - 1 and are masked by the callers).
+struct AnchorLanes {
+  __m256i counter;  // anchor index (Philox counter c0)
+  __m256 r0, r1;    // offsets
+  __m256 valid;     // all-ones in lanes < n
+  alignas(32) int32_t element[8];  // index of the pixel's first element in Image2d::r
+};
+
+CF_TARGET_AVX2 CF_ALWAYS_INLINE void load_anchors(const Image2d& im, const PhiloxKeys& keys, uint32_t b,
+                                                  uint32_t a0, uint32_t n, AnchorLanes& a) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  a.counter = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(a0)),
+                               _mm256_min_epu32(lane, _mm256_set1_epi32(static_cast<int>(n - 1))));
+  a.valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lane));
+  __m256i w[4];
+  philox8(keys, a.counter, b, 0u, kStreamAnchor, w);
+  const __m256i margin = _mm256_set1_epi32(im.margin);
+  const __m256i y = _mm256_add_epi32(margin, mulhi_epu32(w[0], _mm256_set1_epi32(static_cast<int>(im.extent0))));
+  const __m256i x = _mm256_add_epi32(margin, mulhi_epu32(w[1], _mm256_set1_epi32(static_cast<int>(im.extent1))));
+  const __m256i pixel = _mm256_add_epi32(_mm256_mullo_epi32(y, _mm256_set1_epi32(im.width)), x);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(a.element),
+                     _mm256_mullo_epi32(pixel, _mm256_set1_epi32(im.pixel_stride)));
+  // Two 8-byte loads per 128-bit half, no store-and-reload.
+  __m128 q[4];
+  for (int h = 0; h < 4; ++h) {
+    const __m128 lo = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(im.r + a.element[2 * h])));
+    q[h] = _mm_loadh_pi(lo, reinterpret_cast<const __m64*>(im.r + a.element[2 * h + 1]));
+  }
+  const __m256 v0 = _mm256_set_m128(q[1], q[0]), v1 = _mm256_set_m128(q[3], q[2]);
+  a.r0 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(v0, v1, 0x88)), 0xD8));
+  a.r1 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(v0, v1, 0xDD)), 0xD8));
+}
+
+// Scratch of one group: pair (reference k, lane l) at position t = 8 k + l.
+struct PairBlock {
+  uint32_t* index;   // 8 R_4 disk-table indices (R_4: R rounded up to a multiple of 4)
+  float* shifted;    // 16 R: r_j + o, interleaved
+  int32_t* element;  // 8 R: the reference's first element (backward only)
+};
+
+// Floats of scratch for R references (pair_block aligns it to 32 bytes).
+inline size_t pair_block_floats(uint32_t R) { return 8 * static_cast<size_t>((R + 3) / 4 * 4) + 24 * R + 8; }
+
+inline PairBlock pair_block(float* buffer, uint32_t R) {
+  float* base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buffer) + 31) & ~uintptr_t{31});
+  PairBlock pb;
+  pb.index = reinterpret_cast<uint32_t*>(base);
+  pb.shifted = base + 8 * static_cast<size_t>((R + 3) / 4 * 4);
+  pb.element = reinterpret_cast<int32_t*>(pb.shifted + 16 * static_cast<size_t>(R));
+  return pb;
+}
+
+// Steps 1 and 2 for the R references of the anchor lanes `a`.
+template <bool kElements>
+CF_TARGET_AVX2 CF_ALWAYS_INLINE void load_pairs(const Image2d& im, const PhiloxKeys& keys, uint32_t b,
+                                                const AnchorLanes& a, uint32_t R, const PairBlock& pb) {
+  const __m256i size = _mm256_set1_epi32(static_cast<int>(im.disk_size));
+  for (uint32_t k0 = 0; k0 < R; k0 += 4) {
+    __m256i w[4];
+    philox8(keys, a.counter, b, k0 / 4, kStreamReference, w);
+    for (uint32_t k = 0; k < 4; ++k) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(pb.index + 8 * (k0 + k)), mulhi_epu32(w[k], size));
+    }
+  }
+  // Locals, so that the compiler need not reload them after every store through pb.
+  const float* __restrict r = im.r;
+  const DiskEntry2d* __restrict disk = im.disk;
+  const uint32_t* __restrict index = pb.index;
+  float* __restrict shifted = pb.shifted;
+  int32_t* __restrict element = pb.element;
+  int32_t anchor[8];
+  for (int l = 0; l < 8; ++l) anchor[l] = a.element[l];
+  for (uint32_t t = 0; t < 8 * R; t += 8) {
+    for (int l = 0; l < 8; ++l) {
+      const DiskEntry2d& entry = disk[index[t + l]];
+      const int32_t j = anchor[l] + entry.step;
+      const __m128 r_j = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(r + j)));
+      _mm_storel_pi(reinterpret_cast<__m64*>(shifted + 2 * (t + l)), _mm_add_ps(r_j, _mm_load_ps(entry.o)));
+      if (kElements) element[t + l] = j;
+    }
+  }
+}
+
+// e_i - e_j = r_i - (r_j + o) of the 8 pairs of reference k, and its squared norm.
+struct PairLanes {
+  __m256 d0, d1, sq;
+};
+
+CF_TARGET_AVX2 CF_ALWAYS_INLINE PairLanes pair_lanes(const AnchorLanes& a, const PairBlock& pb, uint32_t k) {
+  __m256 s0, s1;
+  deinterleave(pb.shifted + 16 * k, s0, s1);
+  PairLanes q;
+  q.d0 = _mm256_sub_ps(a.r0, s0);
+  q.d1 = _mm256_sub_ps(a.r1, s1);
+  q.sq = _mm256_fmadd_ps(q.d1, q.d1, _mm256_mul_ps(q.d0, q.d0));
+  return q;
+}
+
+CF_TARGET_AVX2 CF_ALWAYS_INLINE __m256 norm8(__m256 r0, __m256 r1) {
+  return _mm256_sqrt_ps(_mm256_fmadd_ps(r1, r1, _mm256_mul_ps(r0, r0)));
+}
+
+// Adds the 8 float lanes of v to the two double accumulators (lanes 0-3, 4-7).
+CF_TARGET_AVX2 CF_ALWAYS_INLINE void accumulate(__m256 v, __m256d& lo, __m256d& hi) {
+  lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+  hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+}
+
+// Loss of anchors [a_begin, a_end) of image b (pair terms and regulariser), as anchor_loss summed.
+template <int kNonlinearity>
+CF_TARGET_AVX2 CF_ALWAYS_INLINE double forward_anchors_impl(const Image2d& im, const LossParams& p, uint32_t b,
+                                                            uint32_t a_begin, uint32_t a_end, float* buffer) {
+  // Pair values are summed in float over at most kFlush references of a lane, then in double.
+  constexpr uint32_t kFlush = 32;
+  const __m256 minus_inv_tau = _mm256_set1_ps(-static_cast<float>(p.inv_tau));
+  const __m256 one = _mm256_set1_ps(1.0f);
+  PhiloxKeys keys;
+  philox_keys(p.seed, keys);
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  __m256d reg_lo = _mm256_setzero_pd(), reg_hi = _mm256_setzero_pd();
+  AnchorLanes a;
+  const PairBlock pb = pair_block(buffer, p.num_references);
+  for (uint32_t a0 = a_begin; a0 < a_end; a0 += 8) {
+    load_anchors(im, keys, b, a0, a_end - a0 < 8 ? a_end - a0 : 8, a);
+    accumulate(_mm256_and_ps(norm8(a.r0, a.r1), a.valid), reg_lo, reg_hi);
+    load_pairs<false>(im, keys, b, a, p.num_references, pb);
+    for (uint32_t k0 = 0; k0 < p.num_references; k0 += kFlush) {
+      const uint32_t k_end = p.num_references - k0 < kFlush ? p.num_references : k0 + kFlush;
+      __m256 sum = _mm256_setzero_ps();
+      for (uint32_t k = k0; k < k_end; ++k) {
+        const PairLanes q = pair_lanes(a, pb, k);
+        const __m256 e = exp8_nonpositive(_mm256_mul_ps(q.sq, minus_inv_tau));
+        sum = _mm256_add_ps(sum, kNonlinearity == kSigmoid ? _mm256_div_ps(one, _mm256_add_ps(one, e))
+                                                           : _mm256_sub_ps(one, e));
+      }
+      accumulate(_mm256_and_ps(sum, a.valid), lo, hi);
+    }
+  }
+  alignas(32) double sum[4], reg[4];
+  _mm256_store_pd(sum, _mm256_add_pd(lo, hi));
+  _mm256_store_pd(reg, _mm256_add_pd(reg_lo, reg_hi));
+  const double pairs = (sum[0] + sum[1]) + (sum[2] + sum[3]);
+  const double norms = (reg[0] + reg[1]) + (reg[2] + reg[3]);
+  return pairs + p.lambda_reg * p.num_references * norms;
+}
+
+// `buffer`: pair_block_floats(R) floats of scratch.
+CF_TARGET_AVX2 inline double forward_anchors(const Image2d& im, const LossParams& p, uint32_t b,
+                                             uint32_t a_begin, uint32_t a_end, float* buffer) {
+  if (p.nonlinearity == kSigmoid) return forward_anchors_impl<kSigmoid>(im, p, b, a_begin, a_end, buffer);
+  return forward_anchors_impl<kGaussian>(im, p, b, a_begin, a_end, buffer);
+}
+
+// Adds the gradient of `scale` x (loss of every anchor of image b) to the gradient channels of the image
+// (im.pixel_stride = 4; `grad` = im.r + 2, writable), as anchor_gradient does per anchor.
+template <int kNonlinearity, bool kDetach>
+CF_TARGET_AVX2 CF_ALWAYS_INLINE void backward_image_impl(const Image2d& im, const LossParams& p, uint32_t b,
+                                                         float scale, float* grad, float* buffer) {
+  const __m256 minus_inv_tau = _mm256_set1_ps(-static_cast<float>(p.inv_tau));
+  const __m256 one = _mm256_set1_ps(1.0f);
+  // d sigma / d sq times 2 scale (d sq / d diff = 2 diff).
+  const __m256 slope_scale = _mm256_set1_ps(2.0f * scale * static_cast<float>(p.inv_tau));
+  const __m256 reg_scale = _mm256_set1_ps(scale * static_cast<float>(p.lambda_reg) *
+                                          static_cast<float>(p.num_references));
+  PhiloxKeys keys;
+  philox_keys(p.seed, keys);
+  AnchorLanes a;
+  const PairBlock pb = pair_block(buffer, p.num_references);
+  float* g = pb.shifted;  // r_j + o of pair k, once used, is overwritten by its gradient w.r.t. r_i
+  alignas(32) float g_anchor[16];
+  for (uint32_t a0 = 0; a0 < p.num_anchors; a0 += 8) {
+    const uint32_t n = p.num_anchors - a0 < 8 ? p.num_anchors - a0 : 8;
+    load_anchors(im, keys, b, a0, n, a);
+    // d||r|| / dr = r / ||r||; the subgradient 0 is used at r = 0.
+    const __m256 norm = norm8(a.r0, a.r1);
+    const __m256 reg = _mm256_and_ps(_mm256_div_ps(reg_scale, norm),
+                                     _mm256_cmp_ps(norm, _mm256_setzero_ps(), _CMP_GT_OQ));
+    __m256 grad_i0 = _mm256_mul_ps(reg, a.r0), grad_i1 = _mm256_mul_ps(reg, a.r1);
+    load_pairs<!kDetach>(im, keys, b, a, p.num_references, pb);
+    for (uint32_t k = 0; k < p.num_references; ++k) {
+      const PairLanes q = pair_lanes(a, pb, k);
+      const __m256 e = exp8_nonpositive(_mm256_mul_ps(q.sq, minus_inv_tau));
+      __m256 slope;
+      if (kNonlinearity == kSigmoid) {
+        const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, e));
+        slope = _mm256_mul_ps(s, _mm256_sub_ps(one, s));
+      } else {
+        slope = e;
+      }
+      const __m256 w = _mm256_and_ps(_mm256_mul_ps(slope, slope_scale), a.valid);
+      const __m256 d0 = _mm256_mul_ps(w, q.d0), d1 = _mm256_mul_ps(w, q.d1);
+      grad_i0 = _mm256_add_ps(grad_i0, d0);
+      grad_i1 = _mm256_add_ps(grad_i1, d1);
+      if (!kDetach) interleave(d0, d1, g + 16 * k);
+    }
+    if (!kDetach) {
+      // Pair by pair (masked lanes hold zeros), so two pairs with the same reference both count.
+      for (uint32_t t = 0; t < 8 * p.num_references; ++t) {
+        double* grad_j = reinterpret_cast<double*>(grad + pb.element[t]);  // both channels, one 8-byte access
+        const __m128 old = _mm_castpd_ps(_mm_load_sd(grad_j));
+        const __m128 pair = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(g + 2 * t)));
+        _mm_store_sd(grad_j, _mm_castps_pd(_mm_sub_ps(old, pair)));
+      }
+    }
+    interleave(grad_i0, grad_i1, g_anchor);
+    for (uint32_t l = 0; l < n; ++l) {
+      float* grad_i = grad + a.element[l];
+      grad_i[0] += g_anchor[2 * l];
+      grad_i[1] += g_anchor[2 * l + 1];
+    }
+  }
+}
+
+CF_TARGET_AVX2 inline void backward_image(const Image2d& im, const LossParams& p, uint32_t b, float scale,
+                                          float* grad, float* buffer) {
+  if (p.nonlinearity == kSigmoid) {
+    if (p.detach_reference) return backward_image_impl<kSigmoid, true>(im, p, b, scale, grad, buffer);
+    return backward_image_impl<kSigmoid, false>(im, p, b, scale, grad, buffer);
+  }
+  if (p.detach_reference) return backward_image_impl<kGaussian, true>(im, p, b, scale, grad, buffer);
+  backward_image_impl<kGaussian, false>(im, p, b, scale, grad, buffer);
+}
+
+}  // namespace avx2
+}  // namespace cpu
+}  // namespace oce
+}  // namespace cellulus_fast

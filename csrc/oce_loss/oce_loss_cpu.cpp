@@ -8,6 +8,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <mutex>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -95,6 +97,24 @@ void run_backward(const cpu::StagedImage<D, T>& im, const LossParams& p, uint32_
   if (use_avx2()) return backward_avx2<D, T>(im, p, b, scale, grad, s);
 #endif
   backward_default<D, T>(im, p, b, scale, grad, s);
+}
+
+// ---- Work distribution ----------------------------------------------------------------------------------
+
+// Runs task(t) for t in [0, n) on torch's intra-op threads, handing tasks out one at a time (not in fixed
+// contiguous ranges as at::parallel_for does), so a thread slowed down by other load on the machine does
+// not hold the others up. Each thread calls make_state() once and passes the state to its tasks. Results
+// must be stored per task: which thread runs which task varies from call to call.
+template <typename MakeState, typename Task>
+void parallel_tasks(int64_t n, MakeState make_state, Task task) {
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(n, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) {
+      auto state = make_state();
+      for (int64_t t = next.fetch_add(1); t < n; t = next.fetch_add(1)) task(t, state);
+    }
+  });
 }
 
 // ---- Per-thread buffers ---------------------------------------------------------------------------------
@@ -199,45 +219,70 @@ bool forward_avx2_2d(const float* data, const Grid<2>& g, const LossParams& p, i
   if (!use_avx2() || !cpu::avx2::fits_2d(g)) return false;
   const auto disk = disk_2d(g, 2);
   const int64_t A = p.num_anchors;
-  at::parallel_for(0, batch * kChunksPerImage, 1, [&](int64_t begin, int64_t end) {
-    StagedImageBuffer<2, float> staged(g, nullptr);
-    std::vector<float> buffer(cpu::avx2::pair_block_floats(p.num_references));
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / kChunksPerImage, chunk = t % kChunksPerImage;
-      staged.load(data, b);
-      partial[t] = cpu::avx2::forward_anchors(avx2_image(g, staged.im.r, 2, disk), p, static_cast<uint32_t>(b),
-                                              static_cast<uint32_t>(A * chunk / kChunksPerImage),
-                                              static_cast<uint32_t>(A * (chunk + 1) / kChunksPerImage), buffer.data());
-    }
-  });
+  struct State {
+    StagedImageBuffer<2, float> staged;
+    std::vector<float> buffer;
+  };
+  parallel_tasks(
+      batch * kChunksPerImage,
+      [&] { return State{StagedImageBuffer<2, float>(g, nullptr), std::vector<float>(cpu::avx2::pair_block_floats(p.num_references))}; },
+      [&](int64_t t, State& s) {
+        const int64_t b = t / kChunksPerImage, chunk = t % kChunksPerImage;
+        s.staged.load(data, b);
+        partial[t] = cpu::avx2::forward_anchors(avx2_image(g, s.staged.im.r, 2, disk), p, static_cast<uint32_t>(b),
+                                                static_cast<uint32_t>(A * chunk / kChunksPerImage),
+                                                static_cast<uint32_t>(A * (chunk + 1) / kChunksPerImage),
+                                                s.buffer.data());
+      });
   return true;
 }
 
-// The backward pass likewise, into the planar gradient `grad` (every image overwritten).
+// The backward pass likewise, into the planar gradient `grad` (every image overwritten). Each image is two
+// tasks, its first and its second half of the anchors, so that two threads can share an image; the task
+// finishing first writes its half's gradient, the second adds its own: a + b = b + a in floating point, so
+// the result does not depend on which finishes first.
 bool backward_avx2_2d(const float* data, const Grid<2>& g, const LossParams& p, int64_t batch, double scale,
                       float* grad) {
   if (!use_avx2() || !cpu::avx2::fits_2d(g)) return false;
   const auto disk = disk_2d(g, 4);
   const int64_t pixels = g.channel_stride;
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> image(4 * pixels);  // per pixel: r_0, r_1, grad_0, grad_1
-    std::vector<float> buffer(cpu::avx2::pair_block_floats(p.num_references));
-    for (int64_t b = begin; b < end; ++b) {
-      const float* r = data + b * 2 * pixels;
-      for (int64_t q = 0; q < pixels; ++q) {
-        image[4 * q] = r[q];
-        image[4 * q + 1] = r[pixels + q];
-        image[4 * q + 2] = image[4 * q + 3] = 0.0f;
-      }
-      cpu::avx2::backward_image(avx2_image(g, image.data(), 4, disk), p, static_cast<uint32_t>(b),
-                                static_cast<float>(scale), image.data() + 2, buffer.data());
-      float* out = grad + b * 2 * pixels;
-      for (int64_t q = 0; q < pixels; ++q) {
-        out[q] = image[4 * q + 2];
-        out[pixels + q] = image[4 * q + 3];
-      }
-    }
-  });
+  std::vector<std::mutex> locks(batch);
+  std::vector<char> written(batch, 0);
+  struct State {
+    std::vector<float> image;  // per pixel: r_0, r_1, grad_0, grad_1
+    std::vector<float> buffer;
+  };
+  parallel_tasks(
+      2 * batch,
+      [&] { return State{std::vector<float>(4 * pixels), std::vector<float>(cpu::avx2::pair_block_floats(p.num_references))}; },
+      [&](int64_t t, State& s) {
+        const int64_t b = t / 2, half = t % 2;
+        float* image = s.image.data();
+        const float* r = data + b * 2 * pixels;
+        for (int64_t q = 0; q < pixels; ++q) {
+          image[4 * q] = r[q];
+          image[4 * q + 1] = r[pixels + q];
+          image[4 * q + 2] = image[4 * q + 3] = 0.0f;
+        }
+        const uint32_t middle = p.num_anchors / 2;
+        cpu::avx2::backward_anchors(avx2_image(g, image, 4, disk), p, static_cast<uint32_t>(b),
+                                    half == 0 ? 0u : middle, half == 0 ? middle : p.num_anchors,
+                                    static_cast<float>(scale), image + 2, s.buffer.data());
+        float* out = grad + b * 2 * pixels;
+        std::lock_guard<std::mutex> lock(locks[b]);
+        if (!written[b]) {
+          for (int64_t q = 0; q < pixels; ++q) {
+            out[q] = image[4 * q + 2];
+            out[pixels + q] = image[4 * q + 3];
+          }
+          written[b] = 1;
+        } else {
+          for (int64_t q = 0; q < pixels; ++q) {
+            out[q] += image[4 * q + 2];
+            out[pixels + q] += image[4 * q + 3];
+          }
+        }
+      });
   return true;
 }
 #endif

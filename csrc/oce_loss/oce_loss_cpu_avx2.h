@@ -281,11 +281,12 @@ CF_TARGET_AVX2 inline double forward_anchors(const Image2d& im, const LossParams
   return forward_anchors_impl<kGaussian>(im, p, b, a_begin, a_end, buffer);
 }
 
-// Adds the gradient of `scale` x (loss of every anchor of image b) to the gradient channels of the image
-// (im.pixel_stride = 4; `grad` = im.r + 2, writable), as anchor_gradient does per anchor.
+// Adds the gradient of `scale` x (loss of anchors [a_begin, a_end) of image b) to the gradient channels of the
+// image (im.pixel_stride = 4; `grad` = im.r + 2, writable), as anchor_gradient does per anchor.
 template <int kNonlinearity, bool kDetach>
-CF_TARGET_AVX2 CF_ALWAYS_INLINE void backward_image_impl(const Image2d& im, const LossParams& p, uint32_t b,
-                                                         float scale, float* grad, float* buffer) {
+CF_TARGET_AVX2 CF_ALWAYS_INLINE void backward_anchors_impl(const Image2d& im, const LossParams& p, uint32_t b,
+                                                           uint32_t a_begin, uint32_t a_end, float scale,
+                                                           float* grad, float* buffer) {
   const __m256 minus_inv_tau = _mm256_set1_ps(-static_cast<float>(p.inv_tau));
   const __m256 one = _mm256_set1_ps(1.0f);
   // d sigma / d sq times 2 scale (d sq / d diff = 2 diff).
@@ -298,8 +299,8 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void backward_image_impl(const Image2d& im, cons
   const PairBlock pb = pair_block(buffer, p.num_references);
   float* g = pb.shifted;  // r_j + o of pair k, once used, is overwritten by its gradient w.r.t. r_i
   alignas(32) float g_anchor[16];
-  for (uint32_t a0 = 0; a0 < p.num_anchors; a0 += 8) {
-    const uint32_t n = p.num_anchors - a0 < 8 ? p.num_anchors - a0 : 8;
+  for (uint32_t a0 = a_begin; a0 < a_end; a0 += 8) {
+    const uint32_t n = a_end - a0 < 8 ? a_end - a0 : 8;
     load_anchors(im, keys, b, a0, n, a);
     // d||r|| / dr = r / ||r||; the subgradient 0 is used at r = 0.
     const __m256 norm = norm8(a.r0, a.r1);
@@ -341,14 +342,16 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void backward_image_impl(const Image2d& im, cons
   }
 }
 
-CF_TARGET_AVX2 inline void backward_image(const Image2d& im, const LossParams& p, uint32_t b, float scale,
-                                          float* grad, float* buffer) {
+CF_TARGET_AVX2 inline void backward_anchors(const Image2d& im, const LossParams& p, uint32_t b, uint32_t a_begin,
+                                            uint32_t a_end, float scale, float* grad, float* buffer) {
   if (p.nonlinearity == kSigmoid) {
-    if (p.detach_reference) return backward_image_impl<kSigmoid, true>(im, p, b, scale, grad, buffer);
-    return backward_image_impl<kSigmoid, false>(im, p, b, scale, grad, buffer);
+    if (p.detach_reference) {
+      return backward_anchors_impl<kSigmoid, true>(im, p, b, a_begin, a_end, scale, grad, buffer);
+    }
+    return backward_anchors_impl<kSigmoid, false>(im, p, b, a_begin, a_end, scale, grad, buffer);
   }
-  if (p.detach_reference) return backward_image_impl<kGaussian, true>(im, p, b, scale, grad, buffer);
-  backward_image_impl<kGaussian, false>(im, p, b, scale, grad, buffer);
+  if (p.detach_reference) return backward_anchors_impl<kGaussian, true>(im, p, b, a_begin, a_end, scale, grad, buffer);
+  backward_anchors_impl<kGaussian, false>(im, p, b, a_begin, a_end, scale, grad, buffer);
 }
 
 }  // namespace avx2

@@ -187,23 +187,20 @@ struct StagedImageBuffer {
 };
 
 #ifdef CF_X86_AVX2_KERNELS
-// The lattice-disk table of the float32 2-D kernels (oce_loss_cpu_avx2.h) for images with `pixel_stride`.
-std::vector<cpu::avx2::DiskEntry2d> disk_2d(const Grid<2>& g, int pixel_stride) {
+// The lattice-disk table of the float32 2-D kernels (oce_loss_cpu_avx2.h).
+std::vector<cpu::avx2::DiskEntry2d> disk_2d(const Grid<2>& g) {
   std::vector<cpu::avx2::DiskEntry2d> disk(g.disk_size);
   for (uint32_t e = 0; e < g.disk_size; ++e) {
     const int o0 = g.disk[2 * e], o1 = g.disk[2 * e + 1];
-    const auto step = static_cast<int32_t>(pixel_stride * (o0 * g.size[1] + o1));
+    const auto step = static_cast<int32_t>(2 * (o0 * g.size[1] + o1));
     disk[e] = {{static_cast<float>(o0), static_cast<float>(o1)}, step, 0};
   }
   return disk;
 }
 
-// An image of those kernels: `r` channels-last with `pixel_stride` floats per pixel.
-cpu::avx2::Image2d avx2_image(const Grid<2>& g, const float* r, int pixel_stride,
-                              const std::vector<cpu::avx2::DiskEntry2d>& disk) {
+cpu::avx2::Image2d avx2_image(const Grid<2>& g, const float* r, const std::vector<cpu::avx2::DiskEntry2d>& disk) {
   cpu::avx2::Image2d im;
   im.r = r;
-  im.pixel_stride = pixel_stride;
   im.width = static_cast<int32_t>(g.size[1]);
   im.margin = g.margin;
   im.extent0 = static_cast<uint32_t>(g.size[0] - 2 * g.margin);
@@ -217,10 +214,10 @@ cpu::avx2::Image2d avx2_image(const Grid<2>& g, const float* r, int pixel_stride
 bool forward_avx2_2d(const float* data, const Grid<2>& g, const LossParams& p, int64_t batch,
                      std::vector<double>& partial) {
   if (!use_avx2() || !cpu::avx2::fits_2d(g)) return false;
-  const auto disk = disk_2d(g, 2);
+  const auto disk = disk_2d(g);
   const int64_t A = p.num_anchors;
   struct State {
-    StagedImageBuffer<2, float> staged;
+    StagedImageBuffer<2, float> staged;  // the image of the thread's last task, channels-last
     std::vector<float> buffer;
   };
   parallel_tasks(
@@ -229,7 +226,7 @@ bool forward_avx2_2d(const float* data, const Grid<2>& g, const LossParams& p, i
       [&](int64_t t, State& s) {
         const int64_t b = t / kChunksPerImage, chunk = t % kChunksPerImage;
         s.staged.load(data, b);
-        partial[t] = cpu::avx2::forward_anchors(avx2_image(g, s.staged.im.r, 2, disk), p, static_cast<uint32_t>(b),
+        partial[t] = cpu::avx2::forward_anchors(avx2_image(g, s.staged.im.r, disk), p, static_cast<uint32_t>(b),
                                                 static_cast<uint32_t>(A * chunk / kChunksPerImage),
                                                 static_cast<uint32_t>(A * (chunk + 1) / kChunksPerImage),
                                                 s.buffer.data());
@@ -244,42 +241,42 @@ bool forward_avx2_2d(const float* data, const Grid<2>& g, const LossParams& p, i
 bool backward_avx2_2d(const float* data, const Grid<2>& g, const LossParams& p, int64_t batch, double scale,
                       float* grad) {
   if (!use_avx2() || !cpu::avx2::fits_2d(g)) return false;
-  const auto disk = disk_2d(g, 4);
+  const auto disk = disk_2d(g);
   const int64_t pixels = g.channel_stride;
   std::vector<std::mutex> locks(batch);
   std::vector<char> written(batch, 0);
   struct State {
-    std::vector<float> image;  // per pixel: r_0, r_1, grad_0, grad_1
+    StagedImageBuffer<2, float> staged;  // the image of the thread's last task, channels-last
+    std::vector<float> grad;             // the task's gradient, likewise
     std::vector<float> buffer;
   };
   parallel_tasks(
       2 * batch,
-      [&] { return State{std::vector<float>(4 * pixels), std::vector<float>(cpu::avx2::pair_block_floats(p.num_references))}; },
+      [&] {
+        return State{StagedImageBuffer<2, float>(g, nullptr), std::vector<float>(2 * pixels),
+                     std::vector<float>(cpu::avx2::pair_block_floats(p.num_references))};
+      },
       [&](int64_t t, State& s) {
         const int64_t b = t / 2, half = t % 2;
-        float* image = s.image.data();
-        const float* r = data + b * 2 * pixels;
-        for (int64_t q = 0; q < pixels; ++q) {
-          image[4 * q] = r[q];
-          image[4 * q + 1] = r[pixels + q];
-          image[4 * q + 2] = image[4 * q + 3] = 0.0f;
-        }
         const uint32_t middle = p.num_anchors / 2;
-        cpu::avx2::backward_anchors(avx2_image(g, image, 4, disk), p, static_cast<uint32_t>(b),
+        s.staged.load(data, b);
+        std::fill(s.grad.begin(), s.grad.end(), 0.0f);
+        cpu::avx2::backward_anchors(avx2_image(g, s.staged.im.r, disk), p, static_cast<uint32_t>(b),
                                     half == 0 ? 0u : middle, half == 0 ? middle : p.num_anchors,
-                                    static_cast<float>(scale), image + 2, s.buffer.data());
+                                    static_cast<float>(scale), s.grad.data(), s.buffer.data());
+        const float* part = s.grad.data();
         float* out = grad + b * 2 * pixels;
         std::lock_guard<std::mutex> lock(locks[b]);
         if (!written[b]) {
           for (int64_t q = 0; q < pixels; ++q) {
-            out[q] = image[4 * q + 2];
-            out[pixels + q] = image[4 * q + 3];
+            out[q] = part[2 * q];
+            out[pixels + q] = part[2 * q + 1];
           }
           written[b] = 1;
         } else {
           for (int64_t q = 0; q < pixels; ++q) {
-            out[q] += image[4 * q + 2];
-            out[pixels + q] += image[4 * q + 3];
+            out[q] += part[2 * q];
+            out[pixels + q] += part[2 * q + 1];
           }
         }
       });

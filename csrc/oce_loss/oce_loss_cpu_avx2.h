@@ -27,18 +27,16 @@ namespace cpu {
 namespace avx2 {
 
 // Entry of the lattice-disk table: the offset o as floats (loaded with one 16-byte load) and the step from
-// a pixel's first element to its reference's in the image, S (o_0 W + o_1) (S: Image2d::pixel_stride).
+// a pixel's first element to its reference's in the channels-last image, 2 (o_0 W + o_1).
 struct alignas(16) DiskEntry2d {
   float o[2];
   int32_t step;
   int32_t unused;
 };
 
-// One float32 image, channels-last: offset channel c of pixel p at r[S p + c], S = pixel_stride (2, or 4
-// where the backward pass keeps the pixel's gradient next to it, at r[S p + 2 + c]: one cache line for both).
+// One float32 image, channels-last: offset channel c of pixel p at r[2 p + c].
 struct Image2d {
   const float* r;
-  int32_t pixel_stride;
   int32_t width;
   int32_t margin;
   uint32_t extent0, extent1;  // anchor range per axis: size - 2 * margin
@@ -148,8 +146,7 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void load_anchors(const Image2d& im, const Philo
   const __m256i y = _mm256_add_epi32(margin, mulhi_epu32(w[0], _mm256_set1_epi32(static_cast<int>(im.extent0))));
   const __m256i x = _mm256_add_epi32(margin, mulhi_epu32(w[1], _mm256_set1_epi32(static_cast<int>(im.extent1))));
   const __m256i pixel = _mm256_add_epi32(_mm256_mullo_epi32(y, _mm256_set1_epi32(im.width)), x);
-  _mm256_store_si256(reinterpret_cast<__m256i*>(a.element),
-                     _mm256_mullo_epi32(pixel, _mm256_set1_epi32(im.pixel_stride)));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(a.element), _mm256_add_epi32(pixel, pixel));
   // Two 8-byte loads per 128-bit half, no store-and-reload.
   __m128 q[4];
   for (int h = 0; h < 4; ++h) {
@@ -281,8 +278,8 @@ CF_TARGET_AVX2 inline double forward_anchors(const Image2d& im, const LossParams
   return forward_anchors_impl<kGaussian>(im, p, b, a_begin, a_end, buffer);
 }
 
-// Adds the gradient of `scale` x (loss of anchors [a_begin, a_end) of image b) to the gradient channels of the
-// image (im.pixel_stride = 4; `grad` = im.r + 2, writable), as anchor_gradient does per anchor.
+// Adds the gradient of `scale` x (loss of anchors [a_begin, a_end) of image b) to `grad` (channels-last, like
+// im.r), as anchor_gradient does per anchor.
 template <int kNonlinearity, bool kDetach>
 CF_TARGET_AVX2 CF_ALWAYS_INLINE void backward_anchors_impl(const Image2d& im, const LossParams& p, uint32_t b,
                                                            uint32_t a_begin, uint32_t a_end, float scale,

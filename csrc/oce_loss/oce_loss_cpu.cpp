@@ -192,8 +192,7 @@ std::vector<cpu::avx2::DiskEntry2d> disk_2d(const Grid<2>& g) {
   std::vector<cpu::avx2::DiskEntry2d> disk(g.disk_size);
   for (uint32_t e = 0; e < g.disk_size; ++e) {
     const int o0 = g.disk[2 * e], o1 = g.disk[2 * e + 1];
-    const auto step = static_cast<int32_t>(2 * (o0 * g.size[1] + o1));
-    disk[e] = {{static_cast<float>(o0), static_cast<float>(o1)}, step, 0};
+    disk[e] = {{static_cast<float>(o0), static_cast<float>(o1)}, 8 * (o0 * g.size[1] + o1)};
   }
   return disk;
 }

@@ -26,12 +26,12 @@ namespace oce {
 namespace cpu {
 namespace avx2 {
 
-// Entry of the lattice-disk table: the offset o as floats (loaded with one 16-byte load) and the step from
-// a pixel's first element to its reference's in the channels-last image, 2 (o_0 W + o_1).
+// Entry of the lattice-disk table: the offset o as floats (loaded with one 16-byte load) and the distance in
+// bytes from a pixel's offsets to its reference's in the channels-last image, 8 (o_0 W + o_1). (Byte
+// offsets throughout the per-pair loop save the address arithmetic of indices.)
 struct alignas(16) DiskEntry2d {
   float o[2];
-  int32_t step;
-  int32_t unused;
+  int64_t step;
 };
 
 // One float32 image, channels-last: offset channel c of pixel p at r[2 p + c].
@@ -160,20 +160,20 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void load_anchors(const Image2d& im, const Philo
 
 // Scratch of one group: pair (reference k, lane l) at position t = 8 k + l.
 struct PairBlock {
-  uint32_t* index;   // 8 R_4 disk-table indices (R_4: R rounded up to a multiple of 4)
+  uint32_t* index;   // 8 R_4 byte offsets of table entries (R_4: R rounded up to a multiple of 4)
   float* shifted;    // 16 R: r_j + o, interleaved
-  int32_t* element;  // 8 R: the reference's first element (backward only)
+  int64_t* element;  // 8 R: byte offset of r_j in the image (backward only)
 };
 
 // Floats of scratch for R references (pair_block aligns it to 32 bytes).
-inline size_t pair_block_floats(uint32_t R) { return 8 * static_cast<size_t>((R + 3) / 4 * 4) + 24 * R + 8; }
+inline size_t pair_block_floats(uint32_t R) { return 8 * static_cast<size_t>((R + 3) / 4 * 4) + 32 * R + 8; }
 
 inline PairBlock pair_block(float* buffer, uint32_t R) {
   float* base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buffer) + 31) & ~uintptr_t{31});
   PairBlock pb;
   pb.index = reinterpret_cast<uint32_t*>(base);
   pb.shifted = base + 8 * static_cast<size_t>((R + 3) / 4 * 4);
-  pb.element = reinterpret_cast<int32_t*>(pb.shifted + 16 * static_cast<size_t>(R));
+  pb.element = reinterpret_cast<int64_t*>(pb.shifted + 16 * static_cast<size_t>(R));
   return pb;
 }
 
@@ -186,23 +186,25 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void load_pairs(const Image2d& im, const PhiloxK
     __m256i w[4];
     philox8(keys, a.counter, b, k0 / 4, kStreamReference, w);
     for (uint32_t k = 0; k < 4; ++k) {
-      _mm256_store_si256(reinterpret_cast<__m256i*>(pb.index + 8 * (k0 + k)), mulhi_epu32(w[k], size));
+      const __m256i entry = _mm256_slli_epi32(mulhi_epu32(w[k], size), 4);  // byte offset of the table entry
+      _mm256_store_si256(reinterpret_cast<__m256i*>(pb.index + 8 * (k0 + k)), entry);
     }
   }
   // Locals, so that the compiler need not reload them after every store through pb.
-  const float* __restrict r = im.r;
-  const DiskEntry2d* __restrict disk = im.disk;
+  const char* __restrict r = reinterpret_cast<const char*>(im.r);
+  const char* __restrict disk = reinterpret_cast<const char*>(im.disk);
   const uint32_t* __restrict index = pb.index;
   float* __restrict shifted = pb.shifted;
-  int32_t* __restrict element = pb.element;
-  int32_t anchor[8];
-  for (int l = 0; l < 8; ++l) anchor[l] = a.element[l];
+  int64_t* __restrict element = pb.element;
+  int64_t anchor[8];  // byte offsets of the anchors' offsets
+  for (int l = 0; l < 8; ++l) anchor[l] = int64_t{4} * a.element[l];
   for (uint32_t t = 0; t < 8 * R; t += 8) {
     for (int l = 0; l < 8; ++l) {
-      const DiskEntry2d& entry = disk[index[t + l]];
-      const int32_t j = anchor[l] + entry.step;
+      const char* entry = disk + index[t + l];
+      const int64_t j = anchor[l] + reinterpret_cast<const DiskEntry2d*>(entry)->step;
       const __m128 r_j = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(r + j)));
-      _mm_storel_pi(reinterpret_cast<__m64*>(shifted + 2 * (t + l)), _mm_add_ps(r_j, _mm_load_ps(entry.o)));
+      const __m128 o = _mm_load_ps(reinterpret_cast<const float*>(entry));
+      _mm_storel_pi(reinterpret_cast<__m64*>(shifted + 2 * (t + l)), _mm_add_ps(r_j, o));
       if (kElements) element[t + l] = j;
     }
   }
@@ -324,7 +326,8 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void backward_anchors_impl(const Image2d& im, co
     if (!kDetach) {
       // Pair by pair (masked lanes hold zeros), so two pairs with the same reference both count.
       for (uint32_t t = 0; t < 8 * p.num_references; ++t) {
-        double* grad_j = reinterpret_cast<double*>(grad + pb.element[t]);  // both channels, one 8-byte access
+        // Both channels of grad_j in one 8-byte access (grad has the layout of im.r).
+        double* grad_j = reinterpret_cast<double*>(reinterpret_cast<char*>(grad) + pb.element[t]);
         const __m128 old = _mm_castpd_ps(_mm_load_sd(grad_j));
         const __m128 pair = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(g + 2 * t)));
         _mm_store_sd(grad_j, _mm_castps_pd(_mm_sub_ps(old, pair)));

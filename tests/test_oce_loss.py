@@ -47,6 +47,23 @@ def test_matches_reference(dtype, nonlinearity, detach_reference, batch, spatial
     torch.testing.assert_close(grad, ref_grad, **TOL[dtype])
 
 
+@pytest.mark.parametrize("nonlinearity", ["sigmoid", "gaussian"])
+@pytest.mark.parametrize("detach_reference", [False, True])
+@pytest.mark.parametrize("batch,spatial,refs", [(1, (21, 22), 1), (2, (33, 26), 6), (3, (30, 41), 40)])
+def test_float32_2d_matches_reference(nonlinearity, detach_reference, batch, spatial, refs):
+    # float32 2-D runs its own kernels on x86 with AVX2 (8 anchors per vector, masked last group, sums
+    # flushed to double every 32 references): anchor counts that are not multiples of 8, R not a multiple
+    # of 4 and R > 32, a strong regulariser, and some offsets exactly 0 (subgradient 0 of ||r||).
+    offsets = random_offsets((batch, 2, *spatial), torch.float32)
+    offsets[:, :, ::3] = 0
+    fused, grad, ref, ref_grad = fused_and_reference(
+        offsets, density=0.37, kappa=10.0, num_references=refs, seed=11, tau=6.0, lambda_reg=0.2,
+        nonlinearity=nonlinearity, detach_reference=detach_reference, reduction="sum")
+    assert num_anchors(spatial, 0.37, 10.0) % 8 != 0
+    torch.testing.assert_close(fused, ref, **TOL[torch.float32])
+    torch.testing.assert_close(grad, ref_grad, **TOL[torch.float32])
+
+
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_reduction_and_options(reduction):
     offsets = random_offsets((2, 2, 30, 33), torch.float64)
@@ -133,14 +150,21 @@ def test_seed_determinism_and_thread_independence():
     a3, _ = sample_pairs(offsets, **{**kw, "seed": 43})
     assert not torch.equal(a1, a3)
     threads = torch.get_num_threads()
+    results = []
     try:
-        losses = []
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            losses.append(oce_loss(offsets, **kw))
+        for dtype in (torch.float32, torch.float64):
+            for n in (1, 2, 3):
+                torch.set_num_threads(n)
+                # B = 3: each image's anchors are split in two tasks whose gradients are merged.
+                x = random_offsets((3, 2, 64, 64), dtype).requires_grad_()
+                loss = oce_loss(x, **kw)
+                loss.backward()
+                results.append((dtype, loss, x.grad))
     finally:
         torch.set_num_threads(threads)
-    assert all(torch.equal(losses[0], loss) for loss in losses)
+    for dtype, loss, grad in results:
+        first = next(r for r in results if r[0] == dtype)
+        assert torch.equal(first[1], loss) and torch.equal(first[2], grad)
 
 
 def test_seed_none_follows_torch_manual_seed():
@@ -254,8 +278,9 @@ torch.save(oce_loss(x.float(), **kw), sys.argv[1])
 
 @pytest.mark.parametrize("capability", ["generic", "default"])
 def test_every_cpu_path_matches_the_reference(capability, tmp_path):
-    # The CPU kernels are chosen at load time: AVX2+FMA blocked kernels where the CPU has them, else the
-    # baseline blocked ones ("default"); "generic" runs the per-anchor code the CUDA kernels run. Each must
+    # The CPU kernels are chosen at load time: AVX2+FMA kernels where the CPU has them (hand-written ones for
+    # float32 2-D, blocked ones otherwise), else the baseline blocked ones ("default", also for float32 2-D);
+    # "generic" runs the per-anchor code the CUDA kernels run. Each must
     # match the reference (checked in a fresh process, since the choice is made once per process).
     import os
     import subprocess

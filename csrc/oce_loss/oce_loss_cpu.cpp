@@ -1,6 +1,8 @@
-// CPU kernels of the fused OCE loss: forward, backward and the pair sampler, multi-threaded with
-// at::parallel_for. Forward and backward run the blocked kernels of oce_loss_cpu_kernel.h on a channels-last
-// copy of each image, compiled twice: for the baseline ISA and, chosen at run time, for AVX2+FMA.
+// CPU kernels of the fused OCE loss: forward, backward and the pair sampler, on torch's intra-op threads.
+// float32 2-D offsets (the training case) run the hand-written AVX2+FMA kernels of oce_loss_cpu_avx2.h where
+// the CPU has them, with tasks handed out one at a time (parallel_tasks). Other dtypes and dims run the
+// blocked kernels of oce_loss_cpu_kernel.h (auto-vectorised; compiled for the baseline ISA and, chosen at
+// run time, for AVX2+FMA) over fixed ranges (at::parallel_for). Both read a channels-last copy of each image.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -33,8 +35,9 @@ constexpr int64_t kChunksPerImage = 64;
 // The kernels are header-inline templates; the *_avx2 wrappers below carry the target attribute, so the
 // kernels inlined into them are compiled (and auto-vectorised) for AVX2+FMA, while every out-of-line
 // function stays baseline code. CELLULUS_FAST_CPU_CAPABILITY selects a path: "default" the blocked kernels
-// for the baseline ISA; "generic" the per-anchor code of oce_loss_math.h that the CUDA kernels run (slower;
-// it lets the CPU tests cover the GPU's per-element path); unset, AVX2+FMA where the CPU has them.
+// for the baseline ISA (also for float32 2-D); "generic" the per-anchor code of oce_loss_math.h that the
+// CUDA kernels run (slower; it lets the CPU tests cover the GPU's per-element path); unset, AVX2+FMA where
+// the CPU has them.
 
 enum class Capability { kGeneric, kDefault, kAvx2 };
 

@@ -10,6 +10,9 @@
 #include "common/cpu_math.h"
 #include "mean_shift/mean_shift_math.h"
 #include "oce_loss/oce_loss_math.h"
+#if defined(CF_X86_AVX2_KERNELS)
+#include "oce_loss/oce_loss_cpu_avx2.h"
+#endif
 
 using namespace cellulus_fast;
 
@@ -20,6 +23,38 @@ static void test_philox_known_answers() {
   Words4 ones = philox4x32_10(0xffffffffffffffffull, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu);
   CHECK(ones.v[0] == 0x408f276du && ones.v[1] == 0x41c83b0eu && ones.v[2] == 0xa20bc7c6u && ones.v[3] == 0x6d5451fdu);
 }
+
+#if defined(CF_X86_AVX2_KERNELS)
+// The building blocks of the float32 2-D AVX2 kernels (run only where the CPU has AVX2 and FMA): the
+// 8-lane Philox with hoisted round keys equals the scalar one; exp8_nonpositive is as accurate as exp_poly
+// (same polynomial; FMA contraction may round differently) and clamps alike.
+CF_TARGET_AVX2 static void test_avx2_kernel_blocks(uint64_t key) {
+  oce::cpu::avx2::PhiloxKeys keys;
+  oce::cpu::avx2::philox_keys(key, keys);
+  const __m256i c0 = _mm256_setr_epi32(0, 1, 7, 1000, -1, 123456789, 42, -7);
+  __m256i w[4];
+  oce::cpu::avx2::philox8(keys, c0, 3u, 5u, 1u, w);
+  alignas(32) uint32_t counters[8], words[4][8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(counters), c0);
+  for (int k = 0; k < 4; ++k) _mm256_store_si256(reinterpret_cast<__m256i*>(words[k]), w[k]);
+  for (int l = 0; l < 8; ++l) {
+    const Words4 ref = philox4x32_10(key, counters[l], 3u, 5u, 1u);
+    for (int k = 0; k < 4; ++k) CHECK(words[k][l] == ref.v[k]);
+  }
+  double worst = 0.0;
+  for (int e = 0; e < 80000; e += 8) {
+    alignas(32) float x[8], y[8];
+    for (int l = 0; l < 8; ++l) x[l] = -87.0f * static_cast<float>(e + l) / 80000.0f;
+    _mm256_store_ps(y, oce::cpu::avx2::exp8_nonpositive(_mm256_load_ps(x)));
+    for (int l = 0; l < 8; ++l) worst = std::fmax(worst, std::fabs(y[l] / std::exp(static_cast<double>(x[l])) - 1.0));
+    if (e == 0) CHECK(y[0] == 1.0f);
+  }
+  CHECK(worst < 2.5e-7);
+  alignas(32) float tiny[8];
+  _mm256_store_ps(tiny, oce::cpu::avx2::exp8_nonpositive(_mm256_set1_ps(-1e30f)));
+  CHECK(tiny[0] == cpu::exp_poly(-87.0f) && tiny[0] > 0.0f);
+}
+#endif
 
 // The vectorisable CPU Philox (portable and, where the CPU has it, AVX2) equals the scalar one.
 static void test_philox_lanes() {
@@ -44,6 +79,7 @@ static void test_philox_lanes() {
     std::fill(out, out + 4 * n, 0u);
     cpu::IsaAvx2::philox(key, c0, 42u, c2, 1u, n, out);
     check();
+    test_avx2_kernel_blocks(key);
   } else {
     std::printf("no AVX2: IsaAvx2::philox not tested\n");
   }

@@ -44,8 +44,10 @@ struct Image2d {
   uint32_t disk_size;
 };
 
-// The kernels index elements with int32.
-inline bool fits_2d(const Grid<2>& g) { return 2 * g.channel_stride < (int64_t{1} << 31); }
+// The kernels index elements, and the table in bytes, with int32.
+inline bool fits_2d(const Grid<2>& g) {
+  return 2 * g.channel_stride < (int64_t{1} << 31) && g.disk_size < (uint32_t{1} << 27);
+}
 
 CF_TARGET_AVX2 CF_ALWAYS_INLINE __m256i mulhi_epu32(__m256i a, __m256i b) {
   const __m256i even = _mm256_mul_epu32(a, b);

@@ -11,10 +11,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <mutex>
 #include <cstdlib>
 #include <cstring>
-#include <type_traits>
+#include <mutex>
 #include <vector>
 
 #include "oce_loss_cpu_kernel.h"
@@ -56,7 +55,6 @@ Capability capability() {
 }
 
 bool use_avx2() { return capability() == Capability::kAvx2; }
-
 
 template <int D, typename T>
 double forward_default(const cpu::StagedImage<D, T>& im, const LossParams& p, uint32_t b, uint32_t a_begin,
@@ -200,7 +198,9 @@ std::vector<cpu::avx2::DiskEntry2d> disk_2d(const Grid<2>& g) {
   return disk;
 }
 
-cpu::avx2::Image2d avx2_image(const Grid<2>& g, const float* r, const std::vector<cpu::avx2::DiskEntry2d>& disk) {
+// Image `r` (channels-last) of `g` for those kernels.
+cpu::avx2::Image2d avx2_image(const Grid<2>& g, const float* r,
+                              const std::vector<cpu::avx2::DiskEntry2d>& disk) {
   cpu::avx2::Image2d im;
   im.r = r;
   im.width = static_cast<int32_t>(g.size[1]);
@@ -224,11 +224,15 @@ bool forward_avx2_2d(const float* data, const Grid<2>& g, const LossParams& p, i
   };
   parallel_tasks(
       batch * kChunksPerImage,
-      [&] { return State{StagedImageBuffer<2, float>(g, nullptr), std::vector<float>(cpu::avx2::pair_block_floats(p.num_references))}; },
+      [&] {
+        return State{StagedImageBuffer<2, float>(g, nullptr),
+                     std::vector<float>(cpu::avx2::pair_block_floats(p.num_references))};
+      },
       [&](int64_t t, State& s) {
         const int64_t b = t / kChunksPerImage, chunk = t % kChunksPerImage;
         s.staged.load(data, b);
-        partial[t] = cpu::avx2::forward_anchors(avx2_image(g, s.staged.im.r, disk), p, static_cast<uint32_t>(b),
+        partial[t] = cpu::avx2::forward_anchors(avx2_image(g, s.staged.im.r, disk), p,
+                                                static_cast<uint32_t>(b),
                                                 static_cast<uint32_t>(A * chunk / kChunksPerImage),
                                                 static_cast<uint32_t>(A * (chunk + 1) / kChunksPerImage),
                                                 s.buffer.data());

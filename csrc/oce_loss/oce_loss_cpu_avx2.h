@@ -145,8 +145,10 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void load_anchors(const Image2d& im, const Philo
   __m256i w[4];
   philox8(keys, a.counter, b, 0u, kStreamAnchor, w);
   const __m256i margin = _mm256_set1_epi32(im.margin);
-  const __m256i y = _mm256_add_epi32(margin, mulhi_epu32(w[0], _mm256_set1_epi32(static_cast<int>(im.extent0))));
-  const __m256i x = _mm256_add_epi32(margin, mulhi_epu32(w[1], _mm256_set1_epi32(static_cast<int>(im.extent1))));
+  const __m256i extent0 = _mm256_set1_epi32(static_cast<int>(im.extent0));
+  const __m256i extent1 = _mm256_set1_epi32(static_cast<int>(im.extent1));
+  const __m256i y = _mm256_add_epi32(margin, mulhi_epu32(w[0], extent0));  // anchor_from_words
+  const __m256i x = _mm256_add_epi32(margin, mulhi_epu32(w[1], extent1));
   const __m256i pixel = _mm256_add_epi32(_mm256_mullo_epi32(y, _mm256_set1_epi32(im.width)), x);
   _mm256_store_si256(reinterpret_cast<__m256i*>(a.element), _mm256_add_epi32(pixel, pixel));
   // Two 8-byte loads per 128-bit half, no store-and-reload.
@@ -344,15 +346,19 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void backward_anchors_impl(const Image2d& im, co
   }
 }
 
-CF_TARGET_AVX2 inline void backward_anchors(const Image2d& im, const LossParams& p, uint32_t b, uint32_t a_begin,
-                                            uint32_t a_end, float scale, float* grad, float* buffer) {
+// `buffer`: pair_block_floats(R) floats of scratch.
+CF_TARGET_AVX2 inline void backward_anchors(const Image2d& im, const LossParams& p, uint32_t b,
+                                            uint32_t a_begin, uint32_t a_end, float scale, float* grad,
+                                            float* buffer) {
   if (p.nonlinearity == kSigmoid) {
     if (p.detach_reference) {
       return backward_anchors_impl<kSigmoid, true>(im, p, b, a_begin, a_end, scale, grad, buffer);
     }
     return backward_anchors_impl<kSigmoid, false>(im, p, b, a_begin, a_end, scale, grad, buffer);
   }
-  if (p.detach_reference) return backward_anchors_impl<kGaussian, true>(im, p, b, a_begin, a_end, scale, grad, buffer);
+  if (p.detach_reference) {
+    return backward_anchors_impl<kGaussian, true>(im, p, b, a_begin, a_end, scale, grad, buffer);
+  }
   backward_anchors_impl<kGaussian, false>(im, p, b, a_begin, a_end, scale, grad, buffer);
 }
 

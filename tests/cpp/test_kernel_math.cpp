@@ -46,7 +46,9 @@ CF_TARGET_AVX2 static void test_avx2_kernel_blocks(uint64_t key) {
     alignas(32) float x[8], y[8];
     for (int l = 0; l < 8; ++l) x[l] = -87.0f * static_cast<float>(e + l) / 80000.0f;
     _mm256_store_ps(y, oce::cpu::avx2::exp8_nonpositive(_mm256_load_ps(x)));
-    for (int l = 0; l < 8; ++l) worst = std::fmax(worst, std::fabs(y[l] / std::exp(static_cast<double>(x[l])) - 1.0));
+    for (int l = 0; l < 8; ++l) {
+      worst = std::fmax(worst, std::fabs(y[l] / std::exp(static_cast<double>(x[l])) - 1.0));
+    }
     if (e == 0) CHECK(y[0] == 1.0f);
   }
   CHECK(worst < 2.5e-7);

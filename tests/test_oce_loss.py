@@ -64,6 +64,19 @@ def test_float32_2d_matches_reference(nonlinearity, detach_reference, batch, spa
     torch.testing.assert_close(grad, ref_grad, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_offsets_give_a_nan_loss(dtype):
+    # NaN only in the border rows, which are never anchors but are references of some pairs: the loss must
+    # be NaN like the reference's (a clamped exp could turn it into a finite value), so divergence shows.
+    offsets = random_offsets((2, 2, 20, 21), dtype)
+    offsets[:, :, :3] = float("nan")
+    kw = dict(density=1.0, kappa=3.0, num_references=8, seed=1)
+    anchors, references = sample_pairs(offsets, **kw)
+    assert (anchors[..., 0] >= 3).all() and (references[..., 0] < 3).any()
+    assert torch.isnan(reference.oce_loss(offsets, anchors, references))
+    assert torch.isnan(oce_loss(offsets, **kw))
+
+
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_reduction_and_options(reduction):
     offsets = random_offsets((2, 2, 30, 33), torch.float64)

@@ -215,7 +215,7 @@ cpu::avx2::Image2d avx2_image(const Grid<2>& g, const float* r,
 // Runs the forward pass with those kernels where they apply (float32, 2-D, AVX2), else returns false.
 bool forward_avx2_2d(const float* data, const Grid<2>& g, const LossParams& p, int64_t batch,
                      std::vector<double>& partial) {
-  if (!use_avx2() || !cpu::avx2::fits_2d(g)) return false;
+  if (!use_avx2() || !cpu::avx2::fits_2d(g, p.num_references)) return false;
   const auto disk = disk_2d(g);
   const int64_t A = p.num_anchors;
   struct State {
@@ -246,7 +246,7 @@ bool forward_avx2_2d(const float* data, const Grid<2>& g, const LossParams& p, i
 // the result does not depend on which finishes first.
 bool backward_avx2_2d(const float* data, const Grid<2>& g, const LossParams& p, int64_t batch, double scale,
                       float* grad) {
-  if (!use_avx2() || !cpu::avx2::fits_2d(g)) return false;
+  if (!use_avx2() || !cpu::avx2::fits_2d(g, p.num_references)) return false;
   const auto disk = disk_2d(g);
   const int64_t pixels = g.channel_stride;
   std::vector<std::mutex> locks(batch);

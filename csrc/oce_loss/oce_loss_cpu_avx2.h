@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "../common/cpu_math.h"
 #include "oce_loss_math.h"
@@ -44,11 +45,25 @@ struct Image2d {
   uint32_t disk_size;
 };
 
-// The kernels index elements, and the table in bytes, with int32.
-inline bool fits_2d(const Grid<2>& g) {
-  return 2 * g.channel_stride < (int64_t{1} << 31) && g.disk_size < (uint32_t{1} << 27);
+// The kernels index elements, the table in bytes and the pairs of a group (8 R) with 32-bit integers.
+inline bool fits_2d(const Grid<2>& g, uint32_t num_references) {
+  return 2 * g.channel_stride < (int64_t{1} << 31) && g.disk_size < (uint32_t{1} << 27) &&
+         num_references < (uint32_t{1} << 26);
 }
 
+// Two floats as the low half of a vector, and back, through memcpy: GCC's _mm_load_sd / _mm_store_sd
+// dereference a double*, which must not alias floats; memcpy compiles to the same single vmovsd.
+CF_TARGET_AVX2 CF_ALWAYS_INLINE __m128 load2(const float* p) {
+  double bits;
+  std::memcpy(&bits, p, sizeof(bits));
+  return _mm_castpd_ps(_mm_set_sd(bits));
+}
+CF_TARGET_AVX2 CF_ALWAYS_INLINE void store2(float* p, __m128 v) {
+  const double bits = _mm_cvtsd_f64(_mm_castps_pd(v));
+  std::memcpy(p, &bits, sizeof(bits));
+}
+
+// High halves of the 8 products a * b (32 x 32 -> 64 bits); b must hold the same value in every lane.
 CF_TARGET_AVX2 CF_ALWAYS_INLINE __m256i mulhi_epu32(__m256i a, __m256i b) {
   const __m256i even = _mm256_mul_epu32(a, b);
   const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), b);
@@ -94,7 +109,7 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void philox8(const PhiloxKeys& keys, __m256i c0,
 
 // exp_poly of cpu_math.h for x <= 0, 8 lanes (same clamping, reduction and polynomial).
 CF_TARGET_AVX2 CF_ALWAYS_INLINE __m256 exp8_nonpositive(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);  // this operand order keeps a NaN x (maxps returns x then)
   const __m256 round = _mm256_set1_ps(12582912.0f);
   const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), round);
   const __m256 n = _mm256_sub_ps(t, round);
@@ -154,8 +169,8 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void load_anchors(const Image2d& im, const Philo
   // Two 8-byte loads per 128-bit half, no store-and-reload.
   __m128 q[4];
   for (int h = 0; h < 4; ++h) {
-    const __m128 lo = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(im.r + a.element[2 * h])));
-    q[h] = _mm_loadh_pi(lo, reinterpret_cast<const __m64*>(im.r + a.element[2 * h + 1]));
+    const __m64* high = reinterpret_cast<const __m64*>(im.r + a.element[2 * h + 1]);
+    q[h] = _mm_loadh_pi(load2(im.r + a.element[2 * h]), high);
   }
   const __m256 v0 = _mm256_set_m128(q[1], q[0]), v1 = _mm256_set_m128(q[3], q[2]);
   a.r0 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(v0, v1, 0x88)), 0xD8));
@@ -206,9 +221,9 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void load_pairs(const Image2d& im, const PhiloxK
     for (int l = 0; l < 8; ++l) {
       const char* entry = disk + index[t + l];
       const int64_t j = anchor[l] + reinterpret_cast<const DiskEntry2d*>(entry)->step;
-      const __m128 r_j = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(r + j)));
+      const __m128 r_j = load2(reinterpret_cast<const float*>(r + j));
       const __m128 o = _mm_load_ps(reinterpret_cast<const float*>(entry));
-      _mm_storel_pi(reinterpret_cast<__m64*>(shifted + 2 * (t + l)), _mm_add_ps(r_j, o));
+      store2(shifted + 2 * (t + l), _mm_add_ps(r_j, o));
       if (kElements) element[t + l] = j;
     }
   }
@@ -328,13 +343,15 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void backward_anchors_impl(const Image2d& im, co
       if (!kDetach) interleave(d0, d1, g + 16 * k);
     }
     if (!kDetach) {
-      // Pair by pair (masked lanes hold zeros), so two pairs with the same reference both count.
+      // Pair by pair (masked lanes hold zeros), so two pairs with the same reference both count. The
+      // restrict pointers tell the compiler that the gradient does not overlap the scratch it reads.
+      char* __restrict base = reinterpret_cast<char*>(grad);
+      const float* __restrict pair = g;
+      const int64_t* __restrict element = pb.element;
       for (uint32_t t = 0; t < 8 * p.num_references; ++t) {
         // Both channels of grad_j in one 8-byte access (grad has the layout of im.r).
-        double* grad_j = reinterpret_cast<double*>(reinterpret_cast<char*>(grad) + pb.element[t]);
-        const __m128 old = _mm_castpd_ps(_mm_load_sd(grad_j));
-        const __m128 pair = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(g + 2 * t)));
-        _mm_store_sd(grad_j, _mm_castps_pd(_mm_sub_ps(old, pair)));
+        float* grad_j = reinterpret_cast<float*>(base + element[t]);
+        store2(grad_j, _mm_sub_ps(load2(grad_j), load2(pair + 2 * t)));
       }
     }
     interleave(grad_i0, grad_i1, g_anchor);

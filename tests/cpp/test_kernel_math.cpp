@@ -55,6 +55,9 @@ CF_TARGET_AVX2 static void test_avx2_kernel_blocks(uint64_t key) {
   alignas(32) float tiny[8];
   _mm256_store_ps(tiny, oce::cpu::avx2::exp8_nonpositive(_mm256_set1_ps(-1e30f)));
   CHECK(tiny[0] == cpu::exp_poly(-87.0f) && tiny[0] > 0.0f);
+  alignas(32) float nan[8];
+  _mm256_store_ps(nan, oce::cpu::avx2::exp8_nonpositive(_mm256_set1_ps(std::nanf(""))));
+  CHECK(std::isnan(nan[0]) && std::isnan(cpu::exp_poly(std::nanf(""))));
 }
 #endif
 

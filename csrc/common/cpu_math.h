@@ -140,57 +140,78 @@ struct IsaDefault {
 };
 
 #if defined(CF_X86_AVX2_KERNELS)
-// AVX2: GCC vectorises the 32x32 -> 64-bit products of philox4x32_10_lanes with many shuffles, so the
-// rounds are spelled out here: the high halves of the 8 products of a vector come from two
-// _mm256_mul_epu32 (even and odd lanes) and a blend, the low halves from _mm256_mullo_epi32. Must only run where AVX2 is available.
+// AVX2 Philox (must only run where AVX2 is available). GCC vectorises the 32x32 -> 64-bit products of
+// philox4x32_10_lanes with many shuffles, so the rounds are spelled out: the high halves of the 8 products
+// of a vector come from two _mm256_mul_epu32 (even and odd lanes) and a blend, the low halves from
+// _mm256_mullo_epi32.
+
+// High halves of the 8 products a * b (32 x 32 -> 64 bits); b must hold the same value in every lane.
+CF_TARGET_AVX2 CF_ALWAYS_INLINE __m256i mulhi_epu32(__m256i a, __m256i b) {
+  const __m256i even = _mm256_mul_epu32(a, b);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), b);
+  return _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+// Round keys of Philox4x32-10 for one key, broadcast (computed once, used for many counters).
+struct PhiloxKeys {
+  __m256i k0[10], k1[10];
+};
+
+CF_TARGET_AVX2 CF_ALWAYS_INLINE void philox_keys(uint64_t key, PhiloxKeys& keys) {
+  uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+  for (int round = 0; round < 10; ++round) {
+    keys.k0[round] = _mm256_set1_epi32(static_cast<int>(k0));
+    keys.k1[round] = _mm256_set1_epi32(static_cast<int>(k1));
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+}
+
+// Philox4x32-10 of the 8 counters (c0[lane], c1[lane], c2[lane], c3[lane]), bit-identical to philox4x32_10;
+// the 4 words of each lane in w[0..3].
+CF_TARGET_AVX2 CF_ALWAYS_INLINE void philox8(const PhiloxKeys& keys, __m256i c0, __m256i c1, __m256i c2,
+                                             __m256i c3, __m256i* w) {
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  __m256i x0 = c0, x1 = c1, x2 = c2, x3 = c3;
+  for (int round = 0; round < 10; ++round) {
+    const __m256i hi0 = mulhi_epu32(x0, m0), lo0 = _mm256_mullo_epi32(x0, m0);
+    const __m256i hi1 = mulhi_epu32(x2, m1), lo1 = _mm256_mullo_epi32(x2, m1);
+    x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), keys.k0[round]);
+    x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), keys.k1[round]);
+    x1 = lo1;
+    x3 = lo0;
+  }
+  w[0] = x0;
+  w[1] = x1;
+  w[2] = x2;
+  w[3] = x3;
+}
+
 struct IsaAvx2 {
-  CF_TARGET_AVX2 static CF_ALWAYS_INLINE void mul_hi_lo(__m256i x, __m256i m, __m256i& hi,
-                                                                       __m256i& lo) {
-    const __m256i even = _mm256_mul_epu32(x, m);
-    const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(x, 32), m);
-    hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-    lo = _mm256_mullo_epi32(x, m);
-  }
-
-  // 8 lanes; words stored interleaved (out[4 l + w]) by a 4 x 8 transpose.
-  CF_TARGET_AVX2 static CF_ALWAYS_INLINE void philox8(uint64_t key, const uint32_t* c0,
-                                                                     uint32_t c1, const uint32_t* c2,
-                                                                     uint32_t c3, uint32_t* out) {
-    const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
-    const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
-    __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0));
-    __m256i x1 = _mm256_set1_epi32(static_cast<int>(c1));
-    __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c2));
-    __m256i x3 = _mm256_set1_epi32(static_cast<int>(c3));
-    uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
-    for (int round = 0; round < 10; ++round) {
-      __m256i hi0, lo0, hi1, lo1;
-      mul_hi_lo(x0, m0, hi0, lo0);
-      mul_hi_lo(x2, m1, hi1, lo1);
-      x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), _mm256_set1_epi32(static_cast<int>(k0)));
-      x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), _mm256_set1_epi32(static_cast<int>(k1)));
-      x1 = lo1;
-      x3 = lo0;
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
-    }
-    const __m256i t0 = _mm256_unpacklo_epi32(x0, x1), t1 = _mm256_unpackhi_epi32(x0, x1);
-    const __m256i t2 = _mm256_unpacklo_epi32(x2, x3), t3 = _mm256_unpackhi_epi32(x2, x3);
-    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);  // lanes 0|4, 1|5
-    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);  // lanes 2|6, 3|7
-    __m256i* o = reinterpret_cast<__m256i*>(out);
-    _mm256_storeu_si256(o + 0, _mm256_permute2x128_si256(u0, u1, 0x20));
-    _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(u2, u3, 0x20));
-    _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(u0, u1, 0x31));
-    _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(u2, u3, 0x31));
-  }
-
   // Not forced inline: the kernels calling it are inlined into AVX2 functions only after this call is
   // resolved, and GCC refuses to force AVX2 code into a baseline function (one call per block of pairs).
+  // Words stored interleaved (out[4 l + w]) by a 4 x 8 transpose.
   CF_TARGET_AVX2 static inline void philox(uint64_t key, const uint32_t* c0, uint32_t c1, const uint32_t* c2,
                                            uint32_t c3, uint32_t n, uint32_t* out) {
     static_assert(kPhiloxLanes == 8, "IsaAvx2::philox works on 8 lanes");
-    for (uint32_t l = 0; l < n; l += 8) philox8(key, c0 + l, c1, c2 + l, c3, out + 4 * l);
+    PhiloxKeys keys;
+    philox_keys(key, keys);
+    const __m256i v1 = _mm256_set1_epi32(static_cast<int>(c1)), v3 = _mm256_set1_epi32(static_cast<int>(c3));
+    for (uint32_t l = 0; l < n; l += 8) {
+      __m256i x[4];
+      philox8(keys, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0 + l)), v1,
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c2 + l)), v3, x);
+      const __m256i t0 = _mm256_unpacklo_epi32(x[0], x[1]), t1 = _mm256_unpackhi_epi32(x[0], x[1]);
+      const __m256i t2 = _mm256_unpacklo_epi32(x[2], x[3]), t3 = _mm256_unpackhi_epi32(x[2], x[3]);
+      const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);  // lanes 0|4, 1|5
+      const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);  // lanes 2|6, 3|7
+      __m256i* o = reinterpret_cast<__m256i*>(out + 4 * l);
+      _mm256_storeu_si256(o + 0, _mm256_permute2x128_si256(u0, u1, 0x20));
+      _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(u2, u3, 0x20));
+      _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(u0, u1, 0x31));
+      _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(u2, u3, 0x31));
+    }
   }
 };
 #endif

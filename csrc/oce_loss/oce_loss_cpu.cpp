@@ -30,6 +30,11 @@ namespace {
 // loss does not depend on the number of threads.
 constexpr int64_t kChunksPerImage = 64;
 
+// First anchor of chunk `chunk` (0 .. kChunksPerImage) of an image with A anchors.
+inline uint32_t chunk_begin(int64_t A, int64_t chunk) {
+  return static_cast<uint32_t>(A * chunk / kChunksPerImage);
+}
+
 // ---- Runtime ISA dispatch -----------------------------------------------------------------------------
 // The kernels are header-inline templates; the *_avx2 wrappers below carry the target attribute, so the
 // kernels inlined into them are compiled (and auto-vectorised) for AVX2+FMA, while every out-of-line
@@ -233,8 +238,7 @@ bool forward_avx2_2d(const float* data, const Grid<2>& g, const LossParams& p, i
         s.staged.load(data, b);
         partial[t] = cpu::avx2::forward_anchors(avx2_image(g, s.staged.im.r, disk), p,
                                                 static_cast<uint32_t>(b),
-                                                static_cast<uint32_t>(A * chunk / kChunksPerImage),
-                                                static_cast<uint32_t>(A * (chunk + 1) / kChunksPerImage),
+                                                chunk_begin(A, chunk), chunk_begin(A, chunk + 1),
                                                 s.buffer.data());
       });
   return true;
@@ -319,9 +323,9 @@ at::Tensor oce_loss_cpu(const at::Tensor& offsets_in, double density, double kap
           for (int64_t t = begin; t < end; ++t) {
             const int64_t b = t / kChunksPerImage, chunk = t % kChunksPerImage;
             double sum = 0.0;
-            for (int64_t a = A * chunk / kChunksPerImage; a < A * (chunk + 1) / kChunksPerImage; ++a) {
-              sum += anchor_loss<D, scalar_t>(data + b * D * g.channel_stride, g, p, static_cast<uint32_t>(b),
-                                              static_cast<uint32_t>(a));
+            const uint32_t a_end = chunk_begin(A, chunk + 1);
+            for (uint32_t a = chunk_begin(A, chunk); a < a_end; ++a) {
+              sum += anchor_loss<D, scalar_t>(data + b * D * g.channel_stride, g, p, static_cast<uint32_t>(b), a);
             }
             partial[t] = sum;
           }
@@ -337,8 +341,7 @@ at::Tensor oce_loss_cpu(const at::Tensor& offsets_in, double density, double kap
           const int64_t b = t / kChunksPerImage, chunk = t % kChunksPerImage;
           staged.load(data, b);
           partial[t] = run_forward<D, scalar_t>(staged.im, p, static_cast<uint32_t>(b),
-                                                    static_cast<uint32_t>(A * chunk / kChunksPerImage),
-                                                    static_cast<uint32_t>(A * (chunk + 1) / kChunksPerImage),
+                                                    chunk_begin(A, chunk), chunk_begin(A, chunk + 1),
                                                     scratch.s);
         }
       });

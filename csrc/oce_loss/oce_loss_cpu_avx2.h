@@ -63,48 +63,16 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void store2(float* p, __m128 v) {
   std::memcpy(p, &bits, sizeof(bits));
 }
 
-// High halves of the 8 products a * b (32 x 32 -> 64 bits); b must hold the same value in every lane.
-CF_TARGET_AVX2 CF_ALWAYS_INLINE __m256i mulhi_epu32(__m256i a, __m256i b) {
-  const __m256i even = _mm256_mul_epu32(a, b);
-  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), b);
-  return _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-}
+using ::cellulus_fast::cpu::mulhi_epu32;
+using ::cellulus_fast::cpu::philox8;
+using ::cellulus_fast::cpu::philox_keys;
+using ::cellulus_fast::cpu::PhiloxKeys;
 
-// Round keys of Philox4x32-10 for one key, broadcast (computed once per kernel call).
-struct PhiloxKeys {
-  __m256i k0[10], k1[10];
-};
-
-CF_TARGET_AVX2 CF_ALWAYS_INLINE void philox_keys(uint64_t key, PhiloxKeys& keys) {
-  uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
-  for (int round = 0; round < 10; ++round) {
-    keys.k0[round] = _mm256_set1_epi32(static_cast<int>(k0));
-    keys.k1[round] = _mm256_set1_epi32(static_cast<int>(k1));
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-}
-
-// Philox4x32-10 of the counters (c0[lane], c1, c2, c3), bit-identical to philox4x32_10; the 4 words of each
-// lane in w[0..3].
+// Philox words of the counters (c0[lane], c1, c2, c3).
 CF_TARGET_AVX2 CF_ALWAYS_INLINE void philox8(const PhiloxKeys& keys, __m256i c0, uint32_t c1, uint32_t c2,
                                              uint32_t c3, __m256i* w) {
-  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
-  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
-  __m256i x0 = c0, x1 = _mm256_set1_epi32(static_cast<int>(c1));
-  __m256i x2 = _mm256_set1_epi32(static_cast<int>(c2)), x3 = _mm256_set1_epi32(static_cast<int>(c3));
-  for (int round = 0; round < 10; ++round) {
-    const __m256i hi0 = mulhi_epu32(x0, m0), lo0 = _mm256_mullo_epi32(x0, m0);
-    const __m256i hi1 = mulhi_epu32(x2, m1), lo1 = _mm256_mullo_epi32(x2, m1);
-    x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), keys.k0[round]);
-    x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), keys.k1[round]);
-    x1 = lo1;
-    x3 = lo0;
-  }
-  w[0] = x0;
-  w[1] = x1;
-  w[2] = x2;
-  w[3] = x3;
+  philox8(keys, c0, _mm256_set1_epi32(static_cast<int>(c1)), _mm256_set1_epi32(static_cast<int>(c2)),
+          _mm256_set1_epi32(static_cast<int>(c3)), w);
 }
 
 // exp_poly of cpu_math.h for x <= 0, 8 lanes (same clamping, reduction and polynomial).
@@ -128,12 +96,16 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE __m256 exp8_nonpositive(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
 }
 
-// Lanes 0..7 of 8 (x, y) float pairs stored interleaved at p, as a vector of x and one of y.
-CF_TARGET_AVX2 CF_ALWAYS_INLINE void deinterleave(const float* p, __m256& x, __m256& y) {
-  const __m256 v0 = _mm256_load_ps(p), v1 = _mm256_load_ps(p + 8);
+// 8 (x, y) float pairs held interleaved in v0 (pairs 0-3) and v1 (pairs 4-7), as a vector of x and one of y.
+CF_TARGET_AVX2 CF_ALWAYS_INLINE void deinterleave(__m256 v0, __m256 v1, __m256& x, __m256& y) {
   // shuffle_ps works per 128-bit half: lanes come out as 0 1 4 5 | 2 3 6 7; permute4x64 restores the order.
   x = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(v0, v1, 0x88)), 0xD8));
   y = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(v0, v1, 0xDD)), 0xD8));
+}
+
+// The same for the pairs stored at p (32-byte aligned).
+CF_TARGET_AVX2 CF_ALWAYS_INLINE void deinterleave(const float* p, __m256& x, __m256& y) {
+  deinterleave(_mm256_load_ps(p), _mm256_load_ps(p + 8), x, y);
 }
 
 // The inverse: x and y lanes 0..7 stored interleaved at p.
@@ -172,9 +144,7 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void load_anchors(const Image2d& im, const Philo
     const __m64* high = reinterpret_cast<const __m64*>(im.r + a.element[2 * h + 1]);
     q[h] = _mm_loadh_pi(load2(im.r + a.element[2 * h]), high);
   }
-  const __m256 v0 = _mm256_set_m128(q[1], q[0]), v1 = _mm256_set_m128(q[3], q[2]);
-  a.r0 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(v0, v1, 0x88)), 0xD8));
-  a.r1 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(v0, v1, 0xDD)), 0xD8));
+  deinterleave(_mm256_set_m128(q[1], q[0]), _mm256_set_m128(q[3], q[2]), a.r0, a.r1);
 }
 
 // Scratch of one group: pair (reference k, lane l) at position t = 8 k + l.

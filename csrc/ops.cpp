@@ -18,6 +18,11 @@ TORCH_LIBRARY(cellulus_fast, m) {
   m.def(
       "oce_loss_backward(Tensor grad, Tensor offsets, float density, float kappa, int num_references, "
       "float tau, float lambda_reg, str nonlinearity, bool detach_reference, int seed, str reduction) -> Tensor");
+  // The loss and its gradient w.r.t. offsets for a unit upstream gradient (what autograd uses when a gradient
+  // will be needed: one pass over the pairs on the CPU).
+  m.def(
+      "oce_loss_and_grad(Tensor offsets, float density, float kappa, int num_references, float tau, "
+      "float lambda_reg, str nonlinearity, bool detach_reference, int seed, str reduction) -> (Tensor, Tensor)");
   m.def("sample_pairs(Tensor offsets, float density, float kappa, int num_references, int seed) -> (Tensor, Tensor)");
   // Mean-shift (flat kernel, scikit-learn semantics), in three steps the Python layer chains.
   m.def("mean_shift_modes(Tensor points, Tensor seeds, float bandwidth, int max_iter) -> (Tensor, Tensor, Tensor)");

@@ -170,14 +170,48 @@ def test_seed_determinism_and_thread_independence():
                 torch.set_num_threads(n)
                 # B = 3: each image's anchors are split in two tasks whose gradients are merged.
                 x = random_offsets((3, 2, 64, 64), dtype).requires_grad_()
-                loss = oce_loss(x, **kw)
+                loss = oce_loss(x, **kw)  # one pass: loss and gradient (oce_loss_and_grad)
                 loss.backward()
+                with torch.no_grad():  # the loss alone (oce_loss), other kernels, the same sum
+                    assert torch.equal(oce_loss(x, **kw), loss)
                 results.append((dtype, loss, x.grad))
     finally:
         torch.set_num_threads(threads)
     for dtype, loss, grad in results:
         first = next(r for r in results if r[0] == dtype)
         assert torch.equal(first[1], loss) and torch.equal(first[2], grad)
+
+
+@pytest.mark.parametrize("dtype,spatial,kappa", [
+    (torch.float32, (45, 50), 10.0), (torch.float64, (45, 50), 10.0), (torch.float32, (20, 22, 21), 4.0)])
+@pytest.mark.parametrize("nonlinearity,detach_reference", [("sigmoid", False), ("gaussian", True)])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_loss_and_grad_equals_forward_and_backward(dtype, spatial, kappa, nonlinearity, detach_reference,
+                                                   reduction):
+    # The one pass autograd uses gives bit for bit the loss of the forward op and the gradient of the backward
+    # op, which regenerates the pairs (float32 2-D: other kernels, same summation order; else both passes).
+    ops = torch.ops.cellulus_fast
+    offsets = random_offsets((3, len(spatial), *spatial), dtype)
+    args = (0.3, kappa, 33, 8.0, 0.1, nonlinearity, detach_reference, 5, reduction)
+    loss, grad = ops.oce_loss_and_grad(offsets, *args)
+    assert torch.equal(loss, ops.oce_loss(offsets, *args))
+    assert torch.equal(grad, ops.oce_loss_backward(torch.ones((), dtype=dtype), offsets, *args))
+
+
+def test_backward_scales_the_kept_gradient():
+    # Autograd multiplies the gradient kept from the forward pass by the upstream gradient, and leaves the
+    # kept one intact (a second backward through a retained graph adds the same gradient again).
+    offsets = random_offsets((2, 2, 40, 40), torch.float32)
+    kw = dict(density=0.3, kappa=10.0, num_references=5, seed=3, lambda_reg=0.1)
+    x = offsets.clone().requires_grad_()
+    loss = 2.5 * oce_loss(x, **kw)
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    expected = torch.ops.cellulus_fast.oce_loss_backward(torch.tensor(2.5), offsets, 0.3, 10.0, 5, 10.0, 0.1,
+                                                         "sigmoid", False, 3, "sum")
+    torch.testing.assert_close(first, expected, **TOL[torch.float32])
+    loss.backward()
+    assert torch.equal(x.grad, first + first)
 
 
 def test_seed_none_follows_torch_manual_seed():
@@ -207,6 +241,7 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.cellulus_fast.oce_loss, (offsets.requires_grad_(),) + args)
     torch.library.opcheck(torch.ops.cellulus_fast.oce_loss_backward,
                           (torch.tensor(1.0, dtype=torch.float64), offsets.detach()) + args)
+    torch.library.opcheck(torch.ops.cellulus_fast.oce_loss_and_grad, (offsets,) + args)
     torch.library.opcheck(torch.ops.cellulus_fast.sample_pairs, (offsets.detach(), 0.3, 4.0, 2, 3))
 
 
@@ -266,8 +301,8 @@ def test_cuda_matches_cpu(dtype, spatial):
 @pytest.mark.cuda
 def test_cuda_opcheck_and_compile():
     offsets = random_offsets((2, 2, 32, 32), torch.float32).cuda().requires_grad_()
-    torch.library.opcheck(torch.ops.cellulus_fast.oce_loss,
-                          (offsets, 0.3, 4.0, 2, 10.0, 1e-2, "gaussian", True, 3, "mean"))
+    for op in (torch.ops.cellulus_fast.oce_loss, torch.ops.cellulus_fast.oce_loss_and_grad):
+        torch.library.opcheck(op, (offsets, 0.3, 4.0, 2, 10.0, 1e-2, "gaussian", True, 3, "mean"))
     fn = torch.compile(lambda x: oce_loss(x, kappa=4, seed=2), fullgraph=True)
     torch.testing.assert_close(fn(offsets), oce_loss(offsets, kappa=4, seed=2))
 

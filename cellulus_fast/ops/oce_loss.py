@@ -75,8 +75,11 @@ def oce_loss(offsets: torch.Tensor, *, density: float = 0.2, kappa: float = 10.0
     as the reference code does.
 
     The pairs are never materialised: they come from a Philox counter-based generator keyed by
-    (seed, image, anchor, reference), and backward regenerates them, so extra memory is O(1) in the number
-    of pairs. The same seed gives the same pairs on CPU and CUDA (see :func:`sample_pairs`), and the CPU loss
+    (seed, image, anchor, reference), so extra memory is O(1) in the number of pairs. When a gradient will be
+    needed (grad mode on and ``offsets.requires_grad``) one pass computes the loss and its gradient
+    (``torch.ops.cellulus_fast.oce_loss_and_grad``) and keeps the gradient, one tensor of the size of
+    ``offsets``, for backward; otherwise only the loss is computed (``torch.ops.cellulus_fast.oce_loss``, whose
+    own backward regenerates the pairs). Both give the same loss and gradient. The same seed gives the same pairs on CPU and CUDA (see :func:`sample_pairs`), and the CPU loss
     does not depend on the number of threads. ``seed=None`` draws one from torch's global generator.
 
     Args:
@@ -92,8 +95,11 @@ def oce_loss(offsets: torch.Tensor, *, density: float = 0.2, kappa: float = 10.0
     reduction = check_choice("reduction", reduction, REDUCTIONS)
     if not isinstance(detach_reference, bool):
         raise TypeError(f"detach_reference must be a bool, got {type(detach_reference).__name__}")
-    return OPS.oce_loss(offsets, density, kappa, num_references, tau, lambda_reg, nonlinearity,
-                        detach_reference, _resolve_seed(seed), reduction)
+    args = (density, kappa, num_references, tau, lambda_reg, nonlinearity, detach_reference,
+            _resolve_seed(seed), reduction)
+    if torch.is_grad_enabled() and offsets.requires_grad:
+        return OPS.oce_loss_and_grad(offsets, *args)[0]
+    return OPS.oce_loss(offsets, *args)
 
 
 def sample_pairs(offsets_or_shape: Union[torch.Tensor, Sequence[int]], *, density: float = 0.2,
@@ -129,6 +135,12 @@ def _oce_loss_backward_fake(grad, offsets, density, kappa, num_references, tau, 
     return torch.empty_like(offsets, memory_format=torch.contiguous_format)
 
 
+@torch.library.register_fake("cellulus_fast::oce_loss_and_grad")
+def _oce_loss_and_grad_fake(offsets, density, kappa, num_references, tau, lambda_reg, nonlinearity,
+                            detach_reference, seed, reduction):
+    return offsets.new_empty(()), torch.empty_like(offsets, memory_format=torch.contiguous_format)
+
+
 @torch.library.register_fake("cellulus_fast::sample_pairs")
 def _sample_pairs_fake(offsets, density, kappa, num_references, seed):
     batch, dims = offsets.shape[0], offsets.dim() - 2
@@ -149,3 +161,20 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("cellulus_fast::oce_loss", _backward, setup_context=_setup_context)
+
+
+def _setup_context_and_grad(ctx, inputs, output):
+    _, grad = output
+    ctx.mark_non_differentiable(grad)  # the gradient is a by-product, not a differentiable output
+    ctx.set_materialize_grads(False)  # so backward gets None for it, not an offsets-sized tensor of zeros
+    ctx.save_for_backward(grad)
+    ctx.num_params = len(inputs) - 1
+
+
+def _backward_and_grad(ctx, grad_loss, _):
+    (grad,) = ctx.saved_tensors
+    return (None if grad_loss is None else grad_loss * grad,) + (None,) * ctx.num_params
+
+
+torch.library.register_autograd("cellulus_fast::oce_loss_and_grad", _backward_and_grad,
+                                setup_context=_setup_context_and_grad)

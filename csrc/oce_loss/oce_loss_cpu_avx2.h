@@ -224,57 +224,17 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void accumulate(__m256 v, __m256d& lo, __m256d& 
   hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
 }
 
-// Loss of anchors [a_begin, a_end) of image b (pair terms and regulariser), as anchor_loss summed.
-template <int kNonlinearity>
-CF_TARGET_AVX2 CF_ALWAYS_INLINE double forward_anchors_impl(const Image2d& im, const LossParams& p, uint32_t b,
-                                                            uint32_t a_begin, uint32_t a_end, float* buffer) {
+// One pass over anchors [a_begin, a_end) of image b: with kLoss it returns their loss (pair terms and
+// regulariser, as anchor_loss summed), with kGrad it adds the gradient of `scale` x that loss to `grad`
+// (channels-last, like im.r), as anchor_gradient does per anchor. The loss is summed in the same order
+// whatever kGrad, and the gradient likewise whatever kLoss, so the one-pass loss-and-gradient of
+// oce_loss_and_grad equals the forward's loss and the backward's gradient bit for bit.
+template <int kNonlinearity, bool kDetach, bool kLoss, bool kGrad>
+CF_TARGET_AVX2 CF_ALWAYS_INLINE double anchors_impl(const Image2d& im, const LossParams& p, uint32_t b,
+                                                    uint32_t a_begin, uint32_t a_end, float scale, float* grad,
+                                                    float* buffer) {
   // Pair values are summed in float over at most kFlush references of a lane, then in double.
   constexpr uint32_t kFlush = 32;
-  const __m256 minus_inv_tau = _mm256_set1_ps(-static_cast<float>(p.inv_tau));
-  const __m256 one = _mm256_set1_ps(1.0f);
-  PhiloxKeys keys;
-  philox_keys(p.seed, keys);
-  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
-  __m256d reg_lo = _mm256_setzero_pd(), reg_hi = _mm256_setzero_pd();
-  AnchorLanes a;
-  const PairBlock pb = pair_block(buffer, p.num_references);
-  for (uint32_t a0 = a_begin; a0 < a_end; a0 += 8) {
-    load_anchors(im, keys, b, a0, a_end - a0 < 8 ? a_end - a0 : 8, a);
-    accumulate(_mm256_and_ps(norm8(a.r0, a.r1), a.valid), reg_lo, reg_hi);
-    load_pairs<false>(im, keys, b, a, p.num_references, pb);
-    for (uint32_t k0 = 0; k0 < p.num_references; k0 += kFlush) {
-      const uint32_t k_end = p.num_references - k0 < kFlush ? p.num_references : k0 + kFlush;
-      __m256 sum = _mm256_setzero_ps();
-      for (uint32_t k = k0; k < k_end; ++k) {
-        const PairLanes q = pair_lanes(a, pb, k);
-        const __m256 e = exp8_nonpositive(_mm256_mul_ps(q.sq, minus_inv_tau));
-        sum = _mm256_add_ps(sum, kNonlinearity == kSigmoid ? _mm256_div_ps(one, _mm256_add_ps(one, e))
-                                                           : _mm256_sub_ps(one, e));
-      }
-      accumulate(_mm256_and_ps(sum, a.valid), lo, hi);
-    }
-  }
-  alignas(32) double sum[4], reg[4];
-  _mm256_store_pd(sum, _mm256_add_pd(lo, hi));
-  _mm256_store_pd(reg, _mm256_add_pd(reg_lo, reg_hi));
-  const double pairs = (sum[0] + sum[1]) + (sum[2] + sum[3]);
-  const double norms = (reg[0] + reg[1]) + (reg[2] + reg[3]);
-  return pairs + p.lambda_reg * p.num_references * norms;
-}
-
-// `buffer`: pair_block_floats(R) floats of scratch.
-CF_TARGET_AVX2 inline double forward_anchors(const Image2d& im, const LossParams& p, uint32_t b,
-                                             uint32_t a_begin, uint32_t a_end, float* buffer) {
-  if (p.nonlinearity == kSigmoid) return forward_anchors_impl<kSigmoid>(im, p, b, a_begin, a_end, buffer);
-  return forward_anchors_impl<kGaussian>(im, p, b, a_begin, a_end, buffer);
-}
-
-// Adds the gradient of `scale` x (loss of anchors [a_begin, a_end) of image b) to `grad` (channels-last, like
-// im.r), as anchor_gradient does per anchor.
-template <int kNonlinearity, bool kDetach>
-CF_TARGET_AVX2 CF_ALWAYS_INLINE void backward_anchors_impl(const Image2d& im, const LossParams& p, uint32_t b,
-                                                           uint32_t a_begin, uint32_t a_end, float scale,
-                                                           float* grad, float* buffer) {
   const __m256 minus_inv_tau = _mm256_set1_ps(-static_cast<float>(p.inv_tau));
   const __m256 one = _mm256_set1_ps(1.0f);
   // d sigma / d sq times 2 scale (d sq / d diff = 2 diff).
@@ -283,6 +243,8 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void backward_anchors_impl(const Image2d& im, co
                                           static_cast<float>(p.num_references));
   PhiloxKeys keys;
   philox_keys(p.seed, keys);
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  __m256d reg_lo = _mm256_setzero_pd(), reg_hi = _mm256_setzero_pd();
   AnchorLanes a;
   const PairBlock pb = pair_block(buffer, p.num_references);
   float* g = pb.shifted;  // r_j + o of pair k, once used, is overwritten by its gradient w.r.t. r_i
@@ -290,28 +252,43 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void backward_anchors_impl(const Image2d& im, co
   for (uint32_t a0 = a_begin; a0 < a_end; a0 += 8) {
     const uint32_t n = a_end - a0 < 8 ? a_end - a0 : 8;
     load_anchors(im, keys, b, a0, n, a);
-    // d||r|| / dr = r / ||r||; the subgradient 0 is used at r = 0.
     const __m256 norm = norm8(a.r0, a.r1);
-    const __m256 reg = _mm256_and_ps(_mm256_div_ps(reg_scale, norm),
-                                     _mm256_cmp_ps(norm, _mm256_setzero_ps(), _CMP_GT_OQ));
-    __m256 grad_i0 = _mm256_mul_ps(reg, a.r0), grad_i1 = _mm256_mul_ps(reg, a.r1);
-    load_pairs<!kDetach>(im, keys, b, a, p.num_references, pb);
-    for (uint32_t k = 0; k < p.num_references; ++k) {
-      const PairLanes q = pair_lanes(a, pb, k);
-      const __m256 e = exp8_nonpositive(_mm256_mul_ps(q.sq, minus_inv_tau));
-      __m256 slope;
-      if (kNonlinearity == kSigmoid) {
-        const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, e));
-        slope = _mm256_mul_ps(s, _mm256_sub_ps(one, s));
-      } else {
-        slope = e;
-      }
-      const __m256 w = _mm256_and_ps(_mm256_mul_ps(slope, slope_scale), a.valid);
-      const __m256 d0 = _mm256_mul_ps(w, q.d0), d1 = _mm256_mul_ps(w, q.d1);
-      grad_i0 = _mm256_add_ps(grad_i0, d0);
-      grad_i1 = _mm256_add_ps(grad_i1, d1);
-      if (!kDetach) interleave(d0, d1, g + 16 * k);
+    if (kLoss) accumulate(_mm256_and_ps(norm, a.valid), reg_lo, reg_hi);
+    __m256 grad_i0 = _mm256_setzero_ps(), grad_i1 = _mm256_setzero_ps();
+    if (kGrad) {
+      // d||r|| / dr = r / ||r||; the subgradient 0 is used at r = 0.
+      const __m256 reg = _mm256_and_ps(_mm256_div_ps(reg_scale, norm),
+                                       _mm256_cmp_ps(norm, _mm256_setzero_ps(), _CMP_GT_OQ));
+      grad_i0 = _mm256_mul_ps(reg, a.r0);
+      grad_i1 = _mm256_mul_ps(reg, a.r1);
     }
+    load_pairs<kGrad && !kDetach>(im, keys, b, a, p.num_references, pb);
+    for (uint32_t k0 = 0; k0 < p.num_references; k0 += kFlush) {
+      const uint32_t k_end = p.num_references - k0 < kFlush ? p.num_references : k0 + kFlush;
+      __m256 sum = _mm256_setzero_ps();
+      for (uint32_t k = k0; k < k_end; ++k) {
+        const PairLanes q = pair_lanes(a, pb, k);
+        const __m256 e = exp8_nonpositive(_mm256_mul_ps(q.sq, minus_inv_tau));
+        __m256 value, slope;
+        if (kNonlinearity == kSigmoid) {
+          value = _mm256_div_ps(one, _mm256_add_ps(one, e));
+          slope = _mm256_mul_ps(value, _mm256_sub_ps(one, value));
+        } else {
+          value = _mm256_sub_ps(one, e);
+          slope = e;
+        }
+        if (kLoss) sum = _mm256_add_ps(sum, value);
+        if (kGrad) {
+          const __m256 w = _mm256_and_ps(_mm256_mul_ps(slope, slope_scale), a.valid);
+          const __m256 d0 = _mm256_mul_ps(w, q.d0), d1 = _mm256_mul_ps(w, q.d1);
+          grad_i0 = _mm256_add_ps(grad_i0, d0);
+          grad_i1 = _mm256_add_ps(grad_i1, d1);
+          if (!kDetach) interleave(d0, d1, g + 16 * k);
+        }
+      }
+      if (kLoss) accumulate(_mm256_and_ps(sum, a.valid), lo, hi);
+    }
+    if (!kGrad) continue;
     if (!kDetach) {
       // Pair by pair (masked lanes hold zeros), so two pairs with the same reference both count. The
       // restrict pointers tell the compiler that the gradient does not overlap the scratch it reads.
@@ -331,22 +308,45 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void backward_anchors_impl(const Image2d& im, co
       grad_i[1] += g_anchor[2 * l + 1];
     }
   }
+  if (!kLoss) return 0.0;
+  alignas(32) double sum[4], reg[4];
+  _mm256_store_pd(sum, _mm256_add_pd(lo, hi));
+  _mm256_store_pd(reg, _mm256_add_pd(reg_lo, reg_hi));
+  const double pairs = (sum[0] + sum[1]) + (sum[2] + sum[3]);
+  const double norms = (reg[0] + reg[1]) + (reg[2] + reg[3]);
+  return pairs + p.lambda_reg * p.num_references * norms;
 }
 
-// `buffer`: pair_block_floats(R) floats of scratch.
-CF_TARGET_AVX2 inline void backward_anchors(const Image2d& im, const LossParams& p, uint32_t b,
-                                            uint32_t a_begin, uint32_t a_end, float scale, float* grad,
-                                            float* buffer) {
+// The loss of anchors [a_begin, a_end) of image b. `buffer`: pair_block_floats(R) floats of scratch.
+CF_TARGET_AVX2 inline double forward_anchors(const Image2d& im, const LossParams& p, uint32_t b,
+                                             uint32_t a_begin, uint32_t a_end, float* buffer) {
   if (p.nonlinearity == kSigmoid) {
-    if (p.detach_reference) {
-      return backward_anchors_impl<kSigmoid, true>(im, p, b, a_begin, a_end, scale, grad, buffer);
-    }
-    return backward_anchors_impl<kSigmoid, false>(im, p, b, a_begin, a_end, scale, grad, buffer);
+    return anchors_impl<kSigmoid, false, true, false>(im, p, b, a_begin, a_end, 0.0f, nullptr, buffer);
   }
-  if (p.detach_reference) {
-    return backward_anchors_impl<kGaussian, true>(im, p, b, a_begin, a_end, scale, grad, buffer);
+  return anchors_impl<kGaussian, false, true, false>(im, p, b, a_begin, a_end, 0.0f, nullptr, buffer);
+}
+
+template <bool kLoss, bool kDetach>
+CF_TARGET_AVX2 inline double gradient_anchors_impl(const Image2d& im, const LossParams& p, uint32_t b,
+                                                   uint32_t a_begin, uint32_t a_end, float scale, float* grad,
+                                                   float* buffer) {
+  if (p.nonlinearity == kSigmoid) {
+    return anchors_impl<kSigmoid, kDetach, kLoss, true>(im, p, b, a_begin, a_end, scale, grad, buffer);
   }
-  backward_anchors_impl<kGaussian, false>(im, p, b, a_begin, a_end, scale, grad, buffer);
+  return anchors_impl<kGaussian, kDetach, kLoss, true>(im, p, b, a_begin, a_end, scale, grad, buffer);
+}
+
+// Adds the gradient of `scale` x (loss of anchors [a_begin, a_end) of image b) to `grad`; with `with_loss`
+// also returns that loss (as forward_anchors would), else 0. `buffer`: pair_block_floats(R) floats.
+CF_TARGET_AVX2 inline double gradient_anchors(const Image2d& im, const LossParams& p, uint32_t b,
+                                              uint32_t a_begin, uint32_t a_end, float scale, float* grad,
+                                              float* buffer, bool with_loss) {
+  if (with_loss) {
+    if (p.detach_reference) return gradient_anchors_impl<true, true>(im, p, b, a_begin, a_end, scale, grad, buffer);
+    return gradient_anchors_impl<true, false>(im, p, b, a_begin, a_end, scale, grad, buffer);
+  }
+  if (p.detach_reference) return gradient_anchors_impl<false, true>(im, p, b, a_begin, a_end, scale, grad, buffer);
+  return gradient_anchors_impl<false, false>(im, p, b, a_begin, a_end, scale, grad, buffer);
 }
 
 }  // namespace avx2

@@ -5,8 +5,8 @@
 //   1. draw the disk-table indices of all R references (vectorised Philox and multiply-shift);
 //   2. fetch, per pair and with scalar loads (gathers are slow on several x86 CPUs), r_j + o from the
 //      channels-last image and the table (o the lattice offset, so e_i - e_j = r_i - (r_j + o));
-//   3. evaluate the nonlinearity on 8 pairs per vector and sum (forward) or scatter the gradients, pair by
-//      pair, so that anchors sharing a reference are handled exactly (backward).
+//   3. evaluate the nonlinearity on 8 pairs per vector and sum the loss, scatter the gradients (pair by
+//      pair, so that anchors sharing a reference are handled exactly), or both in the same pass.
 // Step 3 reads what step 2 wrote only after the whole group: a vector load right after narrower stores to
 // the same bytes would stall. The pairs are those of oce_loss_math.h (same Philox counters, same
 // uniform_below, same table order); only the rounding order of the sums differs from the other kernels.
@@ -295,7 +295,8 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE double anchors_impl(const Image2d& im, const Los
       char* __restrict base = reinterpret_cast<char*>(grad);
       const float* __restrict pair = g;
       const int64_t* __restrict element = pb.element;
-      for (uint32_t t = 0; t < 8 * p.num_references; ++t) {
+      const uint32_t pairs = 8 * p.num_references;  // a local: the stores below could alias p for all GCC knows
+      for (uint32_t t = 0; t < pairs; ++t) {
         // Both channels of grad_j in one 8-byte access (grad has the layout of im.r).
         float* grad_j = reinterpret_cast<float*>(base + element[t]);
         store2(grad_j, _mm_sub_ps(load2(grad_j), load2(pair + 2 * t)));

@@ -54,8 +54,10 @@ def test_oce_loss(benchmark, quick, impl, size, refs):
 @pytest.mark.parametrize("refs", [1, 31])
 def test_oce_loss_peak_memory(benchmark, refs):
     """Peak extra memory at the paper setting (B=8, 236x236 output), reported for 1 and 31 references;
-    at 31 references (the reference code's setting) the fused op needs <= 1/10 of the reference's. (At 1
-    reference the returned gradient alone, 3.6 MiB, is more than a tenth of the reference's peak.)"""
+    at 31 references (the reference code's setting) the fused op needs <= 1/10 of the reference's. The fused
+    op keeps the gradient (3.6 MiB) from forward to backward, which scales it into the returned one: its peak
+    is about two gradients, whatever the number of pairs. (At 1 reference the returned gradient alone is more
+    than a tenth of the reference's peak.)"""
     setup = f"""
         import torch
         from benchmarks.test_bench_oce_loss import fused_step, reference_step

@@ -183,13 +183,18 @@ def test_seed_determinism_and_thread_independence():
 
 
 @pytest.mark.parametrize("dtype,spatial,kappa", [
-    (torch.float32, (45, 50), 10.0), (torch.float64, (45, 50), 10.0), (torch.float32, (20, 22, 21), 4.0)])
-@pytest.mark.parametrize("nonlinearity,detach_reference", [("sigmoid", False), ("gaussian", True)])
+    (torch.float32, (45, 50), 10.0),  # 225 anchors per image: the last of each image's 64 chunks is partial
+    (torch.float32, (30, 33), 10.0),  # 30: fewer than 64, most chunks empty
+    (torch.float32, (22, 23), 10.0),  # 1: fewer than 8, the first half of every image empty
+    (torch.float64, (45, 50), 10.0), (torch.float32, (20, 22, 21), 4.0)])  # the forward and backward kernels
+@pytest.mark.parametrize("nonlinearity", ["sigmoid", "gaussian"])
+@pytest.mark.parametrize("detach_reference", [False, True])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_loss_and_grad_equals_forward_and_backward(dtype, spatial, kappa, nonlinearity, detach_reference,
                                                    reduction):
-    # The one pass autograd uses gives bit for bit the loss of the forward op and the gradient of the backward
-    # op, which regenerates the pairs (float32 2-D: other kernels, same summation order; else both passes).
+    # What autograd uses gives bit for bit the loss of the forward op and the gradient of the backward op,
+    # which regenerates the pairs (float32 2-D: one pass, its own instantiation of the kernels, the same
+    # summation order).
     ops = torch.ops.cellulus_fast
     offsets = random_offsets((3, len(spatial), *spatial), dtype)
     args = (0.3, kappa, 33, 8.0, 0.1, nonlinearity, detach_reference, 5, reduction)
@@ -212,6 +217,19 @@ def test_backward_scales_the_kept_gradient():
     torch.testing.assert_close(first, expected, **TOL[torch.float32])
     loss.backward()
     assert torch.equal(x.grad, first + first)
+
+
+@pytest.mark.parametrize("requires_grad", [True, False])
+def test_no_second_derivative(requires_grad):
+    # Neither backward is differentiable: asking for a second derivative is an error, not a silent None.
+    x = random_offsets((1, 2, 30, 30), torch.float64).requires_grad_()
+    if requires_grad:
+        loss = oce_loss(x, kappa=4.0, seed=0)  # oce_loss_and_grad
+    else:
+        loss = torch.ops.cellulus_fast.oce_loss(x, 0.2, 4.0, 1, 10.0, 1e-5, "sigmoid", False, 0, "sum")
+    (grad,) = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        grad.sum().backward()
 
 
 def test_seed_none_follows_torch_manual_seed():
@@ -242,6 +260,9 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.cellulus_fast.oce_loss_backward,
                           (torch.tensor(1.0, dtype=torch.float64), offsets.detach()) + args)
     torch.library.opcheck(torch.ops.cellulus_fast.oce_loss_and_grad, (offsets,) + args)
+    # float32 2-D: the one-pass kernels.
+    torch.library.opcheck(torch.ops.cellulus_fast.oce_loss_and_grad,
+                          (offsets.detach().float().requires_grad_(),) + args)
     torch.library.opcheck(torch.ops.cellulus_fast.sample_pairs, (offsets.detach(), 0.3, 4.0, 2, 3))
 
 
@@ -304,7 +325,9 @@ def test_cuda_opcheck_and_compile():
     for op in (torch.ops.cellulus_fast.oce_loss, torch.ops.cellulus_fast.oce_loss_and_grad):
         torch.library.opcheck(op, (offsets, 0.3, 4.0, 2, 10.0, 1e-2, "gaussian", True, 3, "mean"))
     fn = torch.compile(lambda x: oce_loss(x, kappa=4, seed=2), fullgraph=True)
-    torch.testing.assert_close(fn(offsets), oce_loss(offsets, kappa=4, seed=2))
+    compiled, eager = fn(offsets), oce_loss(offsets, kappa=4, seed=2)
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(torch.autograd.grad(compiled, offsets)[0], torch.autograd.grad(eager, offsets)[0])
 
 
 GENERIC_CHECK = """

@@ -8,7 +8,8 @@ import torch
 import cellulus_fast
 from cellulus_fast._extension import has_kernel
 
-OPS = ["oce_loss", "oce_loss_backward", "oce_loss_and_grad", "sample_pairs", "mean_shift_modes", "mean_shift_dedup", "nearest_center"]
+OPS = ["oce_loss", "oce_loss_backward", "oce_loss_and_grad", "sample_pairs", "mean_shift_modes", "mean_shift_dedup",
+       "nearest_center"]
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -9,6 +9,7 @@ import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .._extension import OPS
 from ._checks import check_choice, check_float_tensor, check_int, check_real
@@ -76,11 +77,15 @@ def oce_loss(offsets: torch.Tensor, *, density: float = 0.2, kappa: float = 10.0
 
     The pairs are never materialised: they come from a Philox counter-based generator keyed by
     (seed, image, anchor, reference), so extra memory is O(1) in the number of pairs. When a gradient will be
-    needed (grad mode on and ``offsets.requires_grad``) one pass computes the loss and its gradient
-    (``torch.ops.cellulus_fast.oce_loss_and_grad``) and keeps the gradient, one tensor of the size of
-    ``offsets``, for backward; otherwise only the loss is computed (``torch.ops.cellulus_fast.oce_loss``, whose
-    own backward regenerates the pairs). Both give the same loss and gradient. The same seed gives the same pairs on CPU and CUDA (see :func:`sample_pairs`), and the CPU loss
-    does not depend on the number of threads. ``seed=None`` draws one from torch's global generator.
+    needed (grad mode on and ``offsets.requires_grad``), the forward computes the loss and its gradient
+    (``torch.ops.cellulus_fast.oce_loss_and_grad``: in one pass over the pairs for float32 2-D offsets on
+    CPUs with AVX2, else in two) and keeps the gradient, one tensor of the size of ``offsets``, which backward
+    scales by the upstream gradient; so a loss computed under grad mode costs the gradient too even if backward
+    never runs. Otherwise only the loss is computed (``torch.ops.cellulus_fast.oce_loss``, whose own backward
+    regenerates the pairs). The loss is the same either way, bit for bit, and so is the gradient for a unit
+    upstream gradient. The same seed gives the same pairs on CPU and CUDA (see :func:`sample_pairs`), and
+    the CPU loss does not depend on the number of threads. ``seed=None`` draws one from torch's global
+    generator. The backward is not itself differentiable (no second derivatives).
 
     Args:
         offsets: (B, D, *spatial) float32/float64 network output, D = number of spatial dims (2 or 3).
@@ -155,6 +160,7 @@ def _setup_context(ctx, inputs, output):
     ctx.params = params
 
 
+@once_differentiable
 def _backward(ctx, grad):
     (offsets,) = ctx.saved_tensors
     return (OPS.oce_loss_backward(grad, offsets, *ctx.params),) + (None,) * len(ctx.params)
@@ -171,6 +177,7 @@ def _setup_context_and_grad(ctx, inputs, output):
     ctx.num_params = len(inputs) - 1
 
 
+@once_differentiable
 def _backward_and_grad(ctx, grad_loss, _):
     (grad,) = ctx.saved_tensors
     return (None if grad_loss is None else grad_loss * grad,) + (None,) * ctx.num_params

@@ -1,4 +1,5 @@
-// CPU kernels of the fused OCE loss: forward, backward and the pair sampler, on torch's intra-op threads.
+// CPU kernels of the fused OCE loss: forward, backward, both at once (oce_loss_and_grad) and the pair sampler,
+// on torch's intra-op threads.
 // float32 2-D offsets (the training case) run the hand-written AVX2+FMA kernels of oce_loss_cpu_avx2.h where
 // the CPU has them, with tasks handed out one at a time (parallel_tasks). Other dtypes and dims run the
 // blocked kernels of oce_loss_cpu_kernel.h (auto-vectorised; compiled for the baseline ISA and, chosen at
@@ -262,6 +263,7 @@ bool forward_avx2_2d(const float* data, const Grid<2>& g, const LossParams& p, i
 // so the result does not depend on which finishes first.
 bool gradient_avx2_2d(const float* data, const Grid<2>& g, const LossParams& p, int64_t batch, double scale,
                       float* grad, std::vector<double>* partial) {
+  static_assert(kChunksPerImage % 2 == 0, "an image's two tasks take half of its chunks each");
   if (!use_avx2() || !cpu::avx2::fits_2d(g, p.num_references)) return false;
   const auto disk = disk_2d(g);
   const int64_t pixels = g.channel_stride, A = p.num_anchors;
@@ -434,7 +436,7 @@ std::tuple<at::Tensor, at::Tensor> oce_loss_and_grad_cpu(const at::Tensor& offse
   const LossParams p = make_params(offsets_in, density, kappa, num_references, tau, lambda_reg, nonlinearity,
                                    detach_reference, seed);
   const bool mean = parse_mean(reduction);
-  if (offsets_in.scalar_type() == at::kFloat && offsets_in.dim() == 4) {
+  if (offsets_in.scalar_type() == at::kFloat && offsets_in.dim() == 4 && use_avx2()) {
     const at::Tensor offsets = offsets_in.contiguous();
     const int64_t batch = offsets.size(0);
     const at::Tensor disk = make_disk(kappa, 2, offsets.device());

@@ -151,7 +151,7 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE void load_anchors(const Image2d& im, const Philo
 struct PairBlock {
   uint32_t* index;   // 8 R_4 byte offsets of table entries (R_4: R rounded up to a multiple of 4)
   float* shifted;    // 16 R: r_j + o, interleaved
-  int64_t* element;  // 8 R: byte offset of r_j in the image (backward only)
+  int64_t* element;  // 8 R: byte offset of r_j in the image (gradient passes only)
 };
 
 // Floats of scratch for R references (pair_block aligns it to 32 bytes).
@@ -269,6 +269,8 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE double anchors_impl(const Image2d& im, const Los
       for (uint32_t k = k0; k < k_end; ++k) {
         const PairLanes q = pair_lanes(a, pb, k);
         const __m256 e = exp8_nonpositive(_mm256_mul_ps(q.sq, minus_inv_tau));
+        // e is p 2^n (exp8_nonpositive), an exact product: whether the compiler contracts 1 + e or 1 - e into
+        // an FMA (which may differ between instantiations, with e's other uses) does not change the loss.
         __m256 value, slope;
         if (kNonlinearity == kSigmoid) {
           value = _mm256_div_ps(one, _mm256_add_ps(one, e));

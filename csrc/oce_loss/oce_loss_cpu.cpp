@@ -43,7 +43,7 @@ inline uint32_t chunk_begin(int64_t A, int64_t chunk) {
 inline double total_loss(const std::vector<double>& partial, bool mean, int64_t batch, const LossParams& p) {
   double total = 0.0;
   for (double v : partial) total += v;
-  if (mean) total /= static_cast<double>(batch) * p.num_anchors * p.num_references;
+  if (mean) total /= num_pairs(batch, p);
   return total;
 }
 
@@ -378,7 +378,7 @@ at::Tensor oce_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& offse
   const at::Tensor offsets = offsets_in.contiguous();
   const int64_t batch = offsets.size(0);
   double scale = grad.item<double>();
-  if (parse_mean(reduction)) scale /= static_cast<double>(batch) * p.num_anchors * p.num_references;
+  if (parse_mean(reduction)) scale /= num_pairs(batch, p);
   at::Tensor grad_offsets = at::empty(offsets.sizes(), offsets.options());
   AT_DISPATCH_FLOATING_TYPES(offsets.scalar_type(), "oce_loss_backward_cpu", [&] {
     dispatch_dims(offsets, [&](auto dims) {
@@ -441,7 +441,7 @@ std::tuple<at::Tensor, at::Tensor> oce_loss_and_grad_cpu(const at::Tensor& offse
     const int64_t batch = offsets.size(0);
     const at::Tensor disk = make_disk(kappa, 2, offsets.device());
     const Grid<2> g = make_grid<2>(offsets, kappa, disk);
-    const double scale = mean ? 1.0 / (static_cast<double>(batch) * p.num_anchors * p.num_references) : 1.0;
+    const double scale = mean ? 1.0 / num_pairs(batch, p) : 1.0;
     at::Tensor grad = at::empty(offsets.sizes(), offsets.options());
     std::vector<double> partial(batch * kChunksPerImage, 0.0);
     if (gradient_avx2_2d(offsets.data_ptr<float>(), g, p, batch, scale, grad.data_ptr<float>(), &partial)) {

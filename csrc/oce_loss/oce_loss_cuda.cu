@@ -87,7 +87,7 @@ at::Tensor oce_loss_cuda(const at::Tensor& offsets_in, double density, double ka
     });
   });
   at::Tensor total = partial.sum();
-  if (mean) total = total.div(static_cast<double>(batch) * p.num_anchors * p.num_references);
+  if (mean) total = total.div(num_pairs(batch, p));
   return total.to(offsets.scalar_type());
 }
 
@@ -100,8 +100,7 @@ at::Tensor oce_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& offs
   const c10::cuda::CUDAGuard guard(offsets_in.device());
   const at::Tensor offsets = offsets_in.contiguous();
   const int64_t batch = offsets.size(0);
-  const double factor =
-      parse_mean(reduction) ? 1.0 / (static_cast<double>(batch) * p.num_anchors * p.num_references) : 1.0;
+  const double factor = parse_mean(reduction) ? 1.0 / num_pairs(batch, p) : 1.0;
   at::Tensor grad_offsets = at::zeros_like(offsets);
   const at::Tensor grad_scalar = grad.to(offsets.options()).contiguous();
   const auto stream = at::cuda::getCurrentCUDAStream();

@@ -97,6 +97,11 @@ inline LossParams make_params(const at::Tensor& offsets, double density, double 
   return p;
 }
 
+// Pairs in a batch of `batch` images, the divisor of reduction="mean".
+inline double num_pairs(int64_t batch, const LossParams& p) {
+  return static_cast<double>(batch) * p.num_anchors * p.num_references;
+}
+
 // Calls f(std::integral_constant<int, D>) for the number of spatial dims of `offsets`.
 template <typename F>
 void dispatch_dims(const at::Tensor& offsets, F f) {

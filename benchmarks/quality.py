@@ -1,0 +1,260 @@
+"""The quality benchmark: CELLULUS next to the classical baselines a user tries first, on the same images.
+
+    bash .ci/quality            # full run (writes benchmarks/QUALITY.md, quality.json, quality/*.png)
+    bash .ci/quality --quick    # tiny sizes, every method end to end; checks shapes only (CI)
+
+For every condition of the synthetic data zoo (:mod:`cellulus_fast.datasets`) a model is trained on its
+training images with one fixed small schedule (``SCHEDULE``), then every method segments the held-out images
+(generated with another seed) and is scored against the exact labels. ``real_nuclei`` is the hand-labelled
+nuclear-stain set of the ``mnfinder`` wheel (training + validation folders; its test folder is never read),
+used unsupervised: trained on its images, evaluated on them, reported per cell line.
+
+Methods, all given the same ``object_diameter`` (the condition's nominal diameter; for ``real_nuclei`` the
+median equivalent diameter of its labelled nuclei, what a user measuring a few nuclei would say):
+  * ``cellulus-fast``: ``segment(model, images, object_diameter=d)`` with its defaults;
+  * ``reference rule``: the public CELLULUS pipeline's rule on the same prediction: foreground = uncertainty
+    below Otsu's threshold, mean-shift of the embeddings (bandwidth d / 2) with scikit-learn's semantics
+    (computed with our mean-shift op, whose labels equal scikit-learn's; checked here on one image per
+    condition), grow 3 / shrink 6 px, minimum size;
+  * ``Otsu + components`` and ``Otsu + watershed`` (:mod:`cellulus_fast.baselines`);
+  * ``oracle foreground`` (a diagnostic, not a method: it uses the true foreground): mean-shift of our
+    embeddings inside the true foreground, i.e. how good the embeddings are when the foreground is right.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cellulus_fast.baselines import otsu_components, otsu_watershed  # noqa: E402
+from cellulus_fast.datasets import CONDITIONS, zoo  # noqa: E402
+from cellulus_fast.evaluate import evaluate  # noqa: E402
+from cellulus_fast.ops import mean_shift_labels  # noqa: E402
+from cellulus_fast.reference import sklearn_mean_shift_labels  # noqa: E402
+from cellulus_fast.segment import derive_parameters, instances, segment, size_filter  # noqa: E402
+from cellulus_fast.train import train  # noqa: E402
+
+# The fixed small schedule (a CPU user's first try; the paper's defaults take days on a CPU).
+SCHEDULE = dict(epochs=3, steps_per_epoch=100, batch_size=4, crop_size=128, num_fmaps=16, learning_rate=1e-3,
+                milestones=(2,))
+SYNTHETIC = dict(num_train=4, num_test=3, size=320)
+QUICK_SCHEDULE = dict(SCHEDULE, epochs=1, steps_per_epoch=3, batch_size=2, num_fmaps=4, milestones=())
+QUICK_SYNTHETIC = dict(num_train=1, num_test=1, size=128)
+REAL_EVAL_CROP = 384  # real_nuclei: side of the evaluated central crop of each image
+NOISE_PASSES = 16  # segment()'s default
+METHODS = ("cellulus-fast", "reference rule", "Otsu + components", "Otsu + watershed", "oracle foreground")
+BASELINES = METHODS[1:4]
+
+
+def equivalent_diameter(labels: Sequence[np.ndarray]) -> float:
+    """Median over all objects of the diameter of the disc with the object's area."""
+    areas = np.concatenate([np.bincount(l.ravel())[1:] for l in labels])
+    return float(np.median(2 * np.sqrt(areas[areas > 0] / np.pi)))
+
+
+def foreground_iou(gt: Sequence[np.ndarray], pred: Sequence[np.ndarray]) -> float:
+    inter = sum(int(((g > 0) & (p > 0)).sum()) for g, p in zip(gt, pred))
+    union = sum(int(((g > 0) | (p > 0)).sum()) for g, p in zip(gt, pred))
+    return inter / union if union else 1.0
+
+
+def scores(gt: Sequence[np.ndarray], pred: Sequence[np.ndarray]) -> Dict[str, float]:
+    result = evaluate(list(gt), list(pred), thresholds=(0.5, 0.7)).pooled
+    return {"f1_50": result.at(0.5).f1, "f1_70": result.at(0.7).f1, "seg": result.seg,
+            "mean_iou": result.at(0.5).mean_matched_iou, "fg_iou": foreground_iou(gt, pred),
+            "n_true": result.n_true, "n_pred": result.n_pred}
+
+
+def oracle_foreground(prediction, gt: np.ndarray, diameter: float) -> np.ndarray:
+    params = derive_parameters(diameter)
+    emb = torch.from_numpy(prediction.embeddings())
+    labels = mean_shift_labels(emb, torch.from_numpy(gt > 0), params.bandwidths[0], fit_fraction=0.1,
+                               generator=torch.Generator().manual_seed(0)).numpy()
+    return size_filter(labels, params.min_size)
+
+
+def run_methods(model, images: List[np.ndarray], gt: List[np.ndarray], diameter: float, noise_passes: int,
+                check_sklearn: bool) -> Dict[str, List[np.ndarray]]:
+    """Labels of every method for every image."""
+    ours, predictions = segment(model, list(images), object_diameter=diameter, num_noise_passes=noise_passes,
+                                progress=False, return_predictions=True, device="cpu")
+    params = derive_parameters(diameter)
+    out: Dict[str, List[np.ndarray]] = {m: [] for m in METHODS}
+    for i, (image, labels, prediction) in enumerate(zip(images, gt, predictions)):
+        out["cellulus-fast"].append(np.asarray(ours[i]))
+        reference = instances(prediction, params)[0]
+        if check_sklearn and i == 0:  # our op's labels are scikit-learn's (also covered by the test suite)
+            sk = instances(prediction, params, clusterer=sklearn_mean_shift_labels)[0]
+            assert np.array_equal(sk, reference), "mean-shift op and scikit-learn disagree"
+        out["reference rule"].append(reference)
+        out["Otsu + components"].append(otsu_components(image, diameter))
+        out["Otsu + watershed"].append(otsu_watershed(image, diameter))
+        out["oracle foreground"].append(oracle_foreground(prediction, labels, diameter))
+    for method, labels in out.items():
+        for l, image in zip(labels, images):
+            assert l.shape == image.shape, f"{method}: labels {l.shape} for an image {image.shape}"
+    return out
+
+
+def thumbnail(path: Path, image: np.ndarray, gt: np.ndarray, labels: Dict[str, List[np.ndarray]],
+              box: int = 320) -> None:
+    """image with the true labels | ours | Otsu + watershed, one crop of at most box x box px."""
+    from skimage.io import imsave
+
+    from cellulus_fast.cli import overlay
+
+    h, w = image.shape
+    y, x = (h - min(h, box)) // 2, (w - min(w, box)) // 2
+    crop = (slice(y, y + min(h, box)), slice(x, x + min(w, box)))
+    gap = np.full((min(h, box), 4, 3), 255, np.uint8)
+    panels = [overlay(image[crop], gt[crop]), gap, overlay(image[crop], labels["cellulus-fast"][0][crop]), gap,
+              overlay(image[crop], labels["Otsu + watershed"][0][crop])]
+    imsave(path, np.hstack(panels), check_contrast=False)
+
+
+def synthetic_condition(name: str, seed: int, quick: bool, workdir: Path, noise_passes: int):
+    sizes = QUICK_SYNTHETIC if quick else SYNTHETIC
+    train_data = zoo(name, num_images=sizes["num_train"], size=sizes["size"], seed=seed)
+    test_data = zoo(name, num_images=sizes["num_test"], size=sizes["size"], seed=seed + 1000)
+    schedule = QUICK_SCHEDULE if quick else SCHEDULE
+    model = train(train_data.images, workdir / f"{name}-{seed}", seed=seed, progress=False, **schedule).model
+    labels = run_methods(model, test_data.images, test_data.labels, test_data.diameter, noise_passes,
+                         check_sklearn=seed == 0)
+    return {name: (test_data.images, test_data.labels, labels, test_data.diameter)}
+
+
+def real_condition(seed: int, quick: bool, workdir: Path, noise_passes: int):
+    import real_nuclei
+
+    data = real_nuclei.load(max_images=1 if quick else 0)
+    diameter = equivalent_diameter([d.labels for d in data])
+    schedule = QUICK_SCHEDULE if quick else SCHEDULE
+    model = train([d.image for d in data], workdir / f"real-{seed}", seed=seed, progress=False, **schedule).model
+    # Evaluated on the central crop of every image: prediction with test-time noise costs ~1 min per
+    # megapixel on 2 CPU cores, and all 33 images in full would take most of the benchmark's time.
+    side = 160 if quick else REAL_EVAL_CROP
+    crops = [tuple(slice((n - min(n, side)) // 2, (n - min(n, side)) // 2 + min(n, side)) for n in d.image.shape)
+             for d in data]
+    images = [d.image[c] for d, c in zip(data, crops)]
+    gt = [d.labels[c] for d, c in zip(data, crops)]
+    labels = run_methods(model, images, gt, diameter, noise_passes, check_sklearn=False)
+    out = {"real_nuclei": (images, gt, labels, diameter)}
+    for line in sorted({d.cell_line for d in data}):
+        idx = [i for i, d in enumerate(data) if d.cell_line == line]
+        out[f"real_nuclei/{line}"] = ([images[i] for i in idx], [gt[i] for i in idx],
+                                      {m: [l[i] for i in idx] for m, l in labels.items()}, diameter)
+    return out
+
+
+def fmt(values: Sequence[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
+
+
+def render(results: Dict, meta: Dict) -> str:
+    lines = ["# Quality", "",
+             "CELLULUS (`cellulus-fast`) next to the baselines a user tries first, on the same held-out images.",
+             f"Generated by `{meta['command']}` on {meta['date']} ({meta['machine']}; {meta['minutes']:.0f} min).",
+             "Do not edit by hand: rerun the command. How it works: the docstring of `benchmarks/quality.py`;",
+             "the conditions: `docs/datasets.md`.", "",
+             f"Schedule (every condition, fixed): `{meta['schedule']}`; synthetic sizes: `{meta['sizes']}`; "
+             f"{meta['noise_passes']} noise passes; seeds: {meta['seeds']} "
+             "(with several seeds: mean ± std over seeds, each seed new data and a new model).", "",
+             "Columns: F1 at IoU 0.5 and 0.7, Cell Tracking Challenge SEG, mean IoU of the matched pairs at 0.5, "
+             "IoU of the predicted with the true foreground, predicted / true objects (first seed). "
+             "`oracle foreground` uses the true foreground: a diagnostic of the embeddings, not a method.", "",
+             "| condition | d (px) | method | F1@0.5 | F1@0.7 | SEG | mean IoU | fg IoU | objects |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    losses = []
+    for condition, per_method in results.items():
+        for method in METHODS:
+            runs = per_method[method]
+            cells = [fmt([r[k] for r in runs]) for k in ("f1_50", "f1_70", "seg", "mean_iou", "fg_iou")]
+            name = f"**{method}**" if method == "cellulus-fast" else method
+            lines.append(f"| {condition} | {runs[0]['diameter']:.0f} | {name} | " + " | ".join(cells) +
+                         f" | {runs[0]['n_pred']} / {runs[0]['n_true']} |")
+        ours = np.mean([r["f1_50"] for r in per_method["cellulus-fast"]])
+        best = max(BASELINES, key=lambda m: np.mean([r["f1_50"] for r in per_method[m]]))
+        best_f1 = np.mean([r["f1_50"] for r in per_method[best]])
+        if ours < best_f1:
+            oracle = np.mean([r["f1_50"] for r in per_method["oracle foreground"]])
+            losses.append(f"- {condition}: F1@0.5 {ours:.2f} against {best_f1:.2f} ({best}); with the true "
+                          f"foreground our embeddings give {oracle:.2f}.")
+    lines += ["", "## Where cellulus-fast loses (F1@0.5 below the best baseline)", ""]
+    lines += losses or ["- nowhere"]
+    lines += ["", "## Thumbnails", "", "Left: image with the true labels; middle: cellulus-fast; right: Otsu + "
+              "watershed (one crop of the first held-out image, label boundaries in yellow).", ""]
+    for condition in results:
+        if "/" not in condition:
+            lines += [f"**{condition}**", "", f"![{condition}](quality/{condition}.png)", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes; checks that every method runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks", help="where QUALITY.md etc. go")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per synthetic condition (spread)")
+    parser.add_argument("--conditions", nargs="*", default=list(CONDITIONS) + ["real_nuclei"])
+    args = parser.parse_args(argv)
+    unknown = set(args.conditions) - set(CONDITIONS) - {"real_nuclei"}
+    if unknown or args.seeds < 1:
+        parser.error(f"unknown conditions {sorted(unknown)}" if unknown else "--seeds must be >= 1")
+    noise_passes = 2 if args.quick else NOISE_PASSES
+    start = time.time()
+    results: Dict[str, Dict[str, List[Dict]]] = {}
+    thumbs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for condition in args.conditions:
+            seeds = range(args.seeds if condition != "real_nuclei" else 1)
+            for seed in seeds:
+                t = time.time()
+                if condition == "real_nuclei":
+                    out = real_condition(seed, args.quick, Path(tmp), noise_passes)
+                else:
+                    out = synthetic_condition(condition, seed, args.quick, Path(tmp), noise_passes)
+                for name, (images, gt, labels, diameter) in out.items():
+                    for method in METHODS:
+                        row = dict(scores(gt, labels[method]), diameter=diameter, seed=seed)
+                        results.setdefault(name, {}).setdefault(method, []).append(row)
+                    if seed == 0:
+                        thumbs[name] = (images[0], gt[0], {m: l[:1] for m, l in labels.items()})
+                ours = results[condition]["cellulus-fast"][-1]
+                wat = results[condition]["Otsu + watershed"][-1]
+                print(f"[quality] {condition} seed {seed}: {time.time() - t:.0f} s; F1@0.5 ours {ours['f1_50']:.2f}, "
+                      f"Otsu + watershed {wat['f1_50']:.2f}", flush=True)
+    meta = {"command": "bash .ci/quality" + (" --quick" if args.quick else "") +
+                       (f" --seeds {args.seeds}" if args.seeds > 1 else ""),
+            "date": datetime.date.today().isoformat(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+                       f"torch {torch.__version__}",
+            "minutes": (time.time() - start) / 60, "schedule": QUICK_SCHEDULE if args.quick else SCHEDULE,
+            "sizes": QUICK_SYNTHETIC if args.quick else SYNTHETIC, "noise_passes": noise_passes,
+            "seeds": args.seeds}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality").mkdir(exist_ok=True)
+    for name, (image, gt, labels) in thumbs.items():
+        if "/" not in name:
+            thumbnail(args.out / "quality" / f"{name}.png", image, gt, labels)
+    (args.out / "quality.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+    (args.out / "QUALITY.md").write_text(render(results, meta))
+    print(f"[quality] done in {meta['minutes']:.1f} min: {args.out / 'QUALITY.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

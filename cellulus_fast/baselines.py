@@ -1,0 +1,73 @@
+"""Classical segmentations a user tries first, as yardsticks for CELLULUS: Otsu's threshold on the
+(smoothed, normalised) intensity, then connected components or a distance-transform watershed. Every
+parameter derives from the same ``object_diameter`` that :func:`cellulus_fast.segment` takes, by fixed
+rules chosen before looking at any score:
+
+* smoothing: Gaussian, sigma = 1 px (denoising below the scale of any object);
+* holes in the foreground are filled (nuclei and cells have no holes);
+* watershed seeds: maxima of the distance transform at least ``object_diameter / 2`` apart (two touching
+  discs of that diameter have their centres one diameter apart, so this keeps one seed per object with
+  room for elongated ones);
+* minimum size: as in :func:`cellulus_fast.segment.derive_parameters`, 10% of the area of a disc of the
+  diameter.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from skimage.feature import peak_local_max
+from skimage.filters import threshold_otsu
+from skimage.segmentation import watershed
+
+from .data import normalize
+from .ops._checks import check_real
+from .segment import size_filter
+
+__all__ = ["intensity_foreground", "otsu_components", "otsu_watershed"]
+
+
+def _grey(image: Any) -> np.ndarray:
+    """A 2-D float image, normalised as for the network (1st percentile -> 0, 99.8th -> 1); channels (first
+    axis of a 3-D array) are averaged."""
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim == 3:
+        array = array.mean(axis=0)
+    if array.ndim != 2:
+        raise ValueError(f"expected a 2-D image (or channels-first 3-D), got shape {array.shape}")
+    return normalize(array[None])[0]
+
+
+def _min_size(object_diameter: float) -> int:
+    return int(0.1 * math.pi * object_diameter**2 / 4)
+
+
+def intensity_foreground(image: Any, sigma: float = 1.0) -> np.ndarray:
+    """Foreground = Gaussian-smoothed intensity above Otsu's threshold, holes filled (bool (H, W))."""
+    smooth = ndimage.gaussian_filter(_grey(image), sigma)
+    if np.ptp(smooth) == 0:
+        return np.zeros(smooth.shape, bool)
+    return ndimage.binary_fill_holes(smooth > threshold_otsu(smooth))
+
+
+def otsu_components(image: Any, object_diameter: float) -> np.ndarray:
+    """Otsu foreground, connected components (4-connectivity), objects below the minimum size removed."""
+    check_real("object_diameter", object_diameter, low=0.0, low_open=True)
+    return size_filter(intensity_foreground(image).astype(np.int32), _min_size(object_diameter)).astype(np.int32)
+
+
+def otsu_watershed(image: Any, object_diameter: float) -> np.ndarray:
+    """Otsu foreground split by a watershed of its distance transform, seeded at distance maxima at least
+    ``object_diameter / 2`` apart; objects below the minimum size removed."""
+    check_real("object_diameter", object_diameter, low=0.0, low_open=True)
+    mask = intensity_foreground(image)
+    distance = ndimage.distance_transform_edt(mask)
+    components, _ = ndimage.label(mask)
+    peaks = peak_local_max(distance, min_distance=max(1, int(round(object_diameter / 2))), labels=components,
+                           exclude_border=False)
+    markers = np.zeros(mask.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    labels = watershed(-distance, markers, mask=mask)
+    return size_filter(labels, _min_size(object_diameter)).astype(np.int32)

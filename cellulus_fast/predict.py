@@ -26,16 +26,30 @@ class Prediction:
         return np.stack(grid) + self.offsets
 
 
-def _tiles(shape: Tuple[int, ...], tile: int) -> Iterator[Tuple[slice, ...]]:
-    """Output-space tiles of side `tile` covering `shape` (a multiple of the tile's alignment)."""
+def _tiles(shape: Tuple[int, ...], tile: Tuple[int, ...]) -> Iterator[Tuple[slice, ...]]:
+    """Output-space tiles of `tile` px per axis covering `shape` (each axis >= its tile)."""
     starts = []
-    for size in shape:
-        axis = list(range(0, max(size - tile, 0) + 1, tile))
-        if axis[-1] + tile < size:
-            axis.append(size - tile)
+    for size, side in zip(shape, tile):
+        axis = list(range(0, max(size - side, 0) + 1, side))
+        if axis[-1] + side < size:
+            axis.append(size - side)
         starts.append(axis)
     for corner in np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(shape)):
-        yield tuple(slice(int(c), int(c) + tile) for c in corner)
+        yield tuple(slice(int(c), int(c) + t) for c, t in zip(corner, tile))
+
+
+def _tile_shape(model: UNet, spatial: Tuple[int, ...], tile_size: int) -> Tuple[int, ...]:
+    """Per axis, the smallest output tile on the pooling grid (with a valid input) that covers the axis with
+    as few tiles of at most ~``tile_size`` as possible, so that little is computed twice."""
+    factor = 2**model.config.depth
+    tile = []
+    for size in spatial:
+        count = -(-size // max(int(tile_size), factor))
+        side = -(-(-(-size // count)) // factor) * factor
+        while model.valid_size(side + model.context) != side + model.context:
+            side += factor
+        tile.append(side)
+    return tuple(tile)
 
 
 def _noisy(image: np.ndarray, value: Optional[float], fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -54,8 +68,10 @@ def predict(model: UNet, image: np.ndarray, *, num_noise_passes: int = 16, noise
 
     For each value in ``noise_values`` the image is predicted ``num_noise_passes`` times with a random
     ``noise_fraction`` of its pixels set to that value (the public CELLULUS reference: 16 passes each at 0.5
-    and 1.0); ``num_noise_passes=0`` gives one clean pass and a zero uncertainty. ``tile_size`` is the
-    output tile side (rounded to the pooling grid); tiles are batched ``batch_size`` at a time.
+    and 1.0); ``num_noise_passes=0`` gives one clean pass and a zero uncertainty. ``tile_size`` bounds the
+    output tile side (each axis is cut into the fewest tiles of at most about that size, on the pooling
+    grid: a 320 px axis is two 160 px tiles, not two overlapping 256 px ones); tiles are batched
+    ``batch_size`` at a time.
     """
     if image.ndim != model.dims + 1 or image.shape[0] != model.config.in_channels:
         raise ValueError(f"image must have shape ({model.config.in_channels}, *{model.dims} spatial), got "
@@ -67,11 +83,8 @@ def predict(model: UNet, image: np.ndarray, *, num_noise_passes: int = 16, noise
     device = torch.device(device) if device else next(model.parameters()).device
     factor = 2**model.config.depth
     half = model.context // 2
-    # output tile side: a multiple of the pooling factor whose input (tile + context) is valid
-    tile = max(factor, int(min(tile_size, max(spatial))) // factor * factor)
-    while model.valid_size(tile + model.context) != tile + model.context:
-        tile += factor
-    padded_shape = tuple(max(tile, -(-s // factor) * factor) for s in spatial)
+    tile = _tile_shape(model, spatial, tile_size)
+    padded_shape = tuple(max(t, -(-s // factor) * factor) for s, t in zip(spatial, tile))
     pad = [(0, 0)] + [(half, half + p - s) for s, p in zip(spatial, padded_shape)]
     passes: List[Optional[float]] = [None] if num_noise_passes == 0 else \
         [v for v in noise_values for _ in range(num_noise_passes)]

@@ -32,6 +32,21 @@ def test_tiled_equals_whole_image(model, shape):
     np.testing.assert_allclose(crop.offsets, direct[0].detach().numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("size, tile_size, expected", [(320, 256, 160), (384, 256, 192), (100, 256, 100),
+                                                       (101, 256, 102), (869, 256, 218), (256, 256, 256)])
+def test_tiles_split_axes_evenly(model, size, tile_size, expected):
+    from cellulus_fast.predict import _tile_shape, _tiles
+
+    tile = _tile_shape(model, (size, 64), tile_size)
+    assert tile == (expected, 64)
+    padded = max(expected, -(-size // 2) * 2)
+    tiles = list(_tiles((padded, 64), tile))
+    covered = np.zeros(padded, int)
+    for t in tiles:
+        covered[t[0]] += 1
+    assert covered.min() == 1 and len(tiles) == -(-size // tile_size)  # covered, fewest tiles
+
+
 def test_noise_passes_give_uncertainty(model):
     image = np.random.default_rng(2).random((1, 48, 48)).astype(np.float32)
     a = predict(model, image, num_noise_passes=3, seed=5)

@@ -21,5 +21,14 @@ pip_install() {
 pip_install "torch==2.13.0"
 pip_install numpy scipy scikit-image scikit-learn tifffile tqdm matplotlib pytest hypothesis pytest-benchmark \
   ninja setuptools wheel
-FORCE_CUDA="${FORCE_CUDA:-0}" MAX_JOBS="${MAX_JOBS:-2}" pip_install --no-build-isolation -e .
+# The editable install rebuilds the extension from scratch (minutes): only when its sources, the build
+# files or the build settings changed since the last successful build in this .venv.
+stamp=.venv/.cellulus-fast-build
+want="$( (cat setup.py pyproject.toml; find csrc -type f | sort | xargs cat; \
+  echo "torch $(python -c 'import torch; print(torch.__version__)') FORCE_CUDA=${FORCE_CUDA:-0}") | sha256sum)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! ls cellulus_fast/_C*.so > /dev/null 2>&1; then
+  rm -f "$stamp"
+  FORCE_CUDA="${FORCE_CUDA:-0}" MAX_JOBS="${MAX_JOBS:-2}" pip_install --no-build-isolation -e .
+  echo "$want" > "$stamp"
+fi
 python -c "import cellulus_fast"

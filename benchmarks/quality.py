@@ -55,8 +55,8 @@ SYNTHETIC = dict(num_train=4, num_test=3, size=320)
 QUICK_SCHEDULE = dict(SCHEDULE, epochs=1, steps_per_epoch=3, batch_size=2, num_fmaps=4, milestones=())
 QUICK_SYNTHETIC = dict(num_train=1, num_test=1, size=128)
 REAL_EVAL_CROP = 384  # real_nuclei: side of the evaluated central crop of each image
-NOISE_PASSES = 16
-SPREAD_CONDITIONS = ("fluo_nuclei",)  # run with 3 seeds by default (mean ± std); the rest with one  # segment()'s default
+NOISE_PASSES = 16  # segment()'s default
+SPREAD_CONDITIONS = ("fluo_nuclei",)  # run with 3 seeds by default (mean ± std); the rest with one
 METHODS = ("cellulus-fast", "reference rule", "Otsu + components", "Otsu + watershed", "oracle foreground")
 BASELINES = METHODS[1:4]
 

@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """The README demo with its quick schedule, run once per session: (scores, output_dir)."""
+    """The README demo with its quick schedule, run once per session: ({set: {method: scores}}, output_dir)."""
     from cellulus_fast.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo")

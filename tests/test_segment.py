@@ -105,17 +105,18 @@ def test_segment_contract_on_trained_demo_model(demo_run):
     _, out = demo_run
     from cellulus_fast.datasets import synthetic
 
+    model_dir = out / "cells" / "model"
     images, truth = synthetic(num_images=2, size=(150, 170), num_cells=8, diameter=40.0, seed=9)
-    labels = segment(out / "model" / "checkpoint.pt", images, object_diameter=40.0, num_noise_passes=4,
+    labels = segment(model_dir / "checkpoint.pt", images, object_diameter=40.0, num_noise_passes=4,
                      progress=False)
     assert isinstance(labels, list) and [l.shape for l in labels] == [(150, 170)] * 2
     assert all(l.dtype == np.uint16 and l.max() >= 4 for l in labels)
-    one = segment(out / "model", images[0], object_diameter=40.0, num_noise_passes=4, progress=False)
+    one = segment(model_dir, images[0], object_diameter=40.0, num_noise_passes=4, progress=False)
     assert isinstance(one, np.ndarray) and np.array_equal(one, labels[0])
-    several = segment(out / "model", images[0], object_diameter=40.0, num_noise_passes=4, bandwidth=[10, 20],
+    several = segment(model_dir, images[0], object_diameter=40.0, num_noise_passes=4, bandwidth=[10, 20],
                       progress=False)
     assert len(several) == 2 and all(s.shape == (150, 170) for s in several)
-    scaled = segment(out / "model", images[0], object_diameter=40.0, num_noise_passes=4, scale=0.75,
+    scaled = segment(model_dir, images[0], object_diameter=40.0, num_noise_passes=4, scale=0.75,
                      progress=False)
     assert scaled.shape == (150, 170) and scaled.max() >= 4
 

@@ -1,4 +1,4 @@
-# Sourced by .ci/test and .ci/demo: a virtual environment with the CPU build of torch and the project's
+# Sourced by .ci/test, .ci/demo, .ci/benchmarks and .ci/quality: a virtual environment with the CPU build of torch and the project's
 # dependencies in .venv (made once, reused), and the extension built in place against that torch.
 # Needs python3 (3.10+) and a C++ compiler; no network beyond the package index.
 set -euo pipefail
@@ -21,12 +21,15 @@ pip_install() {
 pip_install "torch==2.13.0"
 pip_install numpy scipy scikit-image scikit-learn tifffile tqdm matplotlib pytest hypothesis pytest-benchmark \
   ninja setuptools wheel
-# The editable install rebuilds the extension from scratch (minutes): only when its sources, the build
-# files or the build settings changed since the last successful build in this .venv.
+# The editable install rebuilds the extension from scratch (minutes): only when its sources (names and
+# contents), the build files, the toolchain or the build settings changed since the last successful build in
+# this .venv, or when the built extension does not import.
 stamp=.venv/.cellulus-fast-build
-want="$( (cat setup.py pyproject.toml; find csrc -type f | sort | xargs cat; \
-  echo "torch $(python -c 'import torch; print(torch.__version__)') FORCE_CUDA=${FORCE_CUDA:-0}") | sha256sum)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! ls cellulus_fast/_C*.so > /dev/null 2>&1; then
+want="$( (cat setup.py pyproject.toml; find csrc -type f -print0 | sort -z | xargs -0 sha256sum; \
+  "${CXX:-c++}" --version | head -1; python -c 'import sys, torch; print(sys.version, torch.__version__)'; \
+  echo "FORCE_CUDA=${FORCE_CUDA:-0} CFLAGS=${CFLAGS:-} CXXFLAGS=${CXXFLAGS:-} ARCH=${TORCH_CUDA_ARCH_LIST:-}") \
+  | sha256sum)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! (cd /tmp && python -c "import cellulus_fast._C") 2>/dev/null; then
   rm -f "$stamp"
   FORCE_CUDA="${FORCE_CUDA:-0}" MAX_JOBS="${MAX_JOBS:-2}" pip_install --no-build-isolation -e .
   echo "$want" > "$stamp"

@@ -9,6 +9,7 @@ extracted, so choices made on this benchmark are judged later on images no choic
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import List
 import numpy as np
 
 WHEEL = "mnfinder-1.2.3-py3-none-any.whl"
+SHA256 = "11b1f6aea9f40b4dd3cf6c3de30ef8d517a4833907b88b86ce2b7ab1f9dbce4a"  # pins the data's provenance
 FOLDERS = ("training-data", "validation-data")  # test-data is deliberately absent
 
 
@@ -35,14 +37,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CELLULUS_FAST_DATA", Path.home() / ".cache" / "cellulus_fast"))
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def fetch_wheel() -> Path:
-    """The cached wheel, downloaded (no dependencies) on first use."""
+    """The cached wheel, downloaded (no dependencies) on first use and whenever the cached file is not the
+    pinned one (e.g. a truncated download)."""
     folder = cache_dir()
     wheel = folder / WHEEL
-    if not wheel.exists():
+    if not wheel.exists() or _sha256(wheel) != SHA256:
         folder.mkdir(parents=True, exist_ok=True)
+        wheel.unlink(missing_ok=True)
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "mnfinder==1.2.3",
                         "-d", str(folder)], check=True)
+        if _sha256(wheel) != SHA256:
+            raise RuntimeError(f"{wheel} does not have the pinned SHA-256 {SHA256}; delete it and retry")
     return wheel
 
 

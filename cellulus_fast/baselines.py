@@ -30,14 +30,14 @@ __all__ = ["intensity_foreground", "otsu_components", "otsu_watershed"]
 
 
 def _grey(image: Any) -> np.ndarray:
-    """A 2-D float image, normalised as for the network (1st percentile -> 0, 99.8th -> 1); channels (first
-    axis of a 3-D array) are averaged."""
+    """A 2-D float image: each channel (first axis of a 3-D array, at most 16) normalised as for the network
+    (1st percentile -> 0, 99.8th -> 1), then the channels averaged."""
     array = np.asarray(image, dtype=np.float32)
-    if array.ndim == 3:
-        array = array.mean(axis=0)
-    if array.ndim != 2:
-        raise ValueError(f"expected a 2-D image (or channels-first 3-D), got shape {array.shape}")
-    return normalize(array[None])[0]
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[0] > 16:
+        raise ValueError(f"expected a 2-D image or a channels-first (C <= 16, H, W) array, got shape {array.shape}")
+    return normalize(array).mean(axis=0)
 
 
 def _min_size(object_diameter: float) -> int:

@@ -145,7 +145,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.output_dir, quick=args.quick)
+    run_demo(args.output_dir, quick=args.quick, overwrite=args.overwrite)
     return 0
 
 
@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="generate data, train, segment and evaluate end to end")
     p.add_argument("--output-dir", default="demo_output")
     p.add_argument("--quick", action="store_true", help="a shorter schedule (for tests)")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo run")
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -18,6 +18,7 @@ epoch 3. Each set is scored for cellulus-fast and for Otsu + distance-transform 
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Tuple, Union
@@ -51,10 +52,13 @@ DATASETS: Dict[str, Callable[[int, int], Tuple[Images, float]]] = {"cells": _cel
 
 
 def run_demo(output_dir: Union[str, Path] = "demo_output", *, quick: bool = False, seed: int = 0,
-             progress: bool = True) -> Dict[str, Dict[str, EvaluationResult]]:
+             progress: bool = True, overwrite: bool = False) -> Dict[str, Dict[str, EvaluationResult]]:
     """Runs the demo, writing per image set ``<output_dir>/<set>/`` with data, model, labels, overlays and
     metrics (of both methods), and ``<output_dir>/summary.txt``; returns ``{set: {method: result}}`` of
-    :class:`~cellulus_fast.evaluate.EvaluationResult` on the held-out images."""
+    :class:`~cellulus_fast.evaluate.EvaluationResult` on the held-out images.
+
+    An ``output_dir`` that exists and is not empty is refused (a ValueError before any work) unless
+    ``overwrite=True``, which first deletes the demo's own outputs there (the set folders and the summary)."""
     import tifffile
     from skimage.io import imsave
 
@@ -65,6 +69,13 @@ def run_demo(output_dir: Union[str, Path] = "demo_output", *, quick: bool = Fals
     from .train import train
 
     root = Path(output_dir)
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise ValueError(f"{root} exists and is not empty; choose another output directory or pass "
+                             "overwrite=True (--overwrite) to replace the demo's outputs there")
+        for name in DATASETS:
+            shutil.rmtree(root / name, ignore_errors=True)
+        (root / "summary.txt").unlink(missing_ok=True)
     start = time.time()
     schedule = QUICK_SCHEDULE if quick else SCHEDULE
     results: Dict[str, Dict[str, EvaluationResult]] = {}

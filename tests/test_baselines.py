@@ -58,6 +58,7 @@ def test_bad_diameter(bad):
         otsu_watershed(np.zeros((32, 32)), bad)
 
 
-def test_bad_shape():
-    with pytest.raises(ValueError, match="2-D"):
-        otsu_components(np.zeros(32), 10)
+@pytest.mark.parametrize("shape", [(32,), (32, 32, 3), (2, 3, 32, 32)])
+def test_bad_shape(shape):
+    with pytest.raises(ValueError, match="2-D"):  # channels-last RGB is refused, not misread
+        otsu_components(np.zeros(shape), 10)

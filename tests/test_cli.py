@@ -49,3 +49,11 @@ def test_errors_exit_2_and_write_nothing(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "b.tif", b)
     assert main(["evaluate", str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]) == 2
     assert "shape" in capsys.readouterr().err
+
+
+def test_demo_refuses_a_non_empty_output_dir(tmp_path, capsys):
+    (tmp_path / "earlier.txt").write_text("a finished run")
+    assert main(["demo", "--output-dir", str(tmp_path), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "overwrite" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier.txt"]

@@ -1,6 +1,7 @@
 """Generated data with exact ground truth, for tests, demos and benchmarks."""
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -244,6 +245,9 @@ def _blob(centre: Tuple[float, float], radius: float, aspect: float, angle: floa
     return yy[inside], xx[inside], u[inside]
 
 
+PINHOLE = 8  # packed conditions: background pockets enclosed by objects and smaller than this are filled
+
+
 def _paint_objects(shape: Tuple[int, int], objects: Sequence[Tuple[np.ndarray, ...]], compete: bool = False,
                    min_pixels: int = 8, min_visible: float = 0.4) -> Tuple[np.ndarray, np.ndarray]:
     """Paints objects into a label image; this is the step that makes the labels exact.
@@ -254,15 +258,21 @@ def _paint_objects(shape: Tuple[int, int], objects: Sequence[Tuple[np.ndarray, .
     claimed by several objects goes to the one with the smallest normalised radius u (objects pressed
     against each other, as in packed tissue, meet along a flattened contact line).
 
-    Afterwards an object left in pieces keeps only its largest 4-connected piece (the rest becomes
-    background), and an object with fewer than `min_pixels` pixels or less than `min_visible` of its
-    in-image painted pixels left is dropped. Returns (labels, index): int32 labels 1..K consecutive,
+    Afterwards an object left in pieces keeps only its largest 4-connected piece, and an object with fewer
+    than `min_pixels` pixels or less than `min_visible` of its in-image painted pixels left is dropped.
+    With compete=False the pixels so removed become background. With compete=True (packed tissue) they
+    stay tissue: each goes to the runner-up, the kept object with the next smallest u that also covers
+    it, where that joins the runner-up's piece; then every pocket of background enclosed by objects that
+    consists only of painted pixels, or that is smaller than PINHOLE pixels (such as the 1-px seams where
+    two outlines nearly meet), goes to the neighbouring objects (_fill_pockets), so that the tissue has no
+    pinholes. Returns (labels, index): int32 labels 1..K consecutive, each one 4-connected component,
     label k being objects[index[k - 1]]."""
     h, w = shape
     n = len(objects)
     labels = np.zeros(shape, dtype=np.int32)
     best = np.full(shape, np.inf, dtype=np.float64) if compete else None
     painted = np.zeros(n + 1, dtype=np.int64)
+    clipped = []
     for i, obj in enumerate(objects, start=1):
         rr, cc = np.asarray(obj[0]), np.asarray(obj[1])
         ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
@@ -270,11 +280,82 @@ def _paint_objects(shape: Tuple[int, int], objects: Sequence[Tuple[np.ndarray, .
         painted[i] = len(rr)
         if compete:
             u = np.asarray(obj[2])[ok]
+            clipped.append((rr, cc, u))
             win = u <= best[rr, cc]
             rr, cc = rr[win], cc[win]
             best[rr, cc] = u[win]
         labels[rr, cc] = i
-    return _clean_labels(labels, n, painted, min_pixels, min_visible)
+    if not compete:
+        return _clean_labels(labels, n, painted, min_pixels, min_visible)
+    winner = labels.copy()
+    labels, index = _clean_labels(labels, n, painted, min_pixels, min_visible)
+    claimed = best < np.inf
+    dropped = claimed & (labels == 0)
+    if dropped.any():
+        # the runner-up of each dropped pixel among the kept objects (not the one that lost it)
+        best2 = np.full(shape, np.inf, dtype=np.float64)
+        runner = np.zeros(shape, dtype=np.int32)
+        for k, i in enumerate(index + 1, start=1):
+            rr, cc, u = clipped[i - 1]
+            m = dropped[rr, cc] & (winner[rr, cc] != i)
+            rr, cc, u = rr[m], cc[m], u[m]
+            win = u <= best2[rr, cc]
+            rr, cc = rr[win], cc[win]
+            best2[rr, cc] = u[win]
+            runner[rr, cc] = k
+        labels = _attach(labels, np.where(dropped, runner, 0))
+    return _fill_pockets(labels, PINHOLE, claimed=claimed), index
+
+
+def _attach(labels: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    """Adds the pixels of `extra` (labels, on background of `labels`) that are 4-connected through pixels
+    of the same label to that label's pixels in `labels`; the others are left background."""
+    from skimage.measure import label as connected
+
+    out = np.where(labels > 0, labels, extra)
+    pieces = connected(out, background=0, connectivity=1)
+    anchored = np.zeros(int(pieces.max()) + 1, dtype=bool)
+    anchored[pieces[labels > 0]] = True
+    anchored[0] = False
+    return np.where(anchored[pieces], out, 0).astype(labels.dtype, copy=False)
+
+
+def _fill_pockets(labels: np.ndarray, max_size: int, claimed: Optional[np.ndarray] = None) -> np.ndarray:
+    """Gives enclosed background pockets to the neighbouring objects (packed tissue has no pinholes).
+
+    A pocket is a 4-connected background component not 4-connected through background to the image
+    border. Pockets with fewer than `max_size` pixels, and pockets made only of `claimed` pixels (tissue:
+    e.g. the dropped pieces of an object), are filled by growing the surrounding objects into them one
+    pixel layer at a time, each pixel taking the most frequent label among its 4 neighbours that are
+    already labelled (ties: up, down, left, right). A pixel is only ever added next to a pixel of its
+    label, so every label stays one 4-connected component. Deterministic; returns a new array."""
+    from scipy import ndimage as ndi
+
+    bg = labels == 0
+    pockets, n = ndi.label(ndi.binary_fill_holes(~bg) & bg)
+    if n == 0:
+        return labels
+    fill = np.bincount(pockets.ravel(), minlength=n + 1) < max_size
+    if claimed is not None:
+        fill |= np.bincount(pockets.ravel(), weights=~claimed.ravel(), minlength=n + 1) == 0
+    fill[0] = False
+    todo = fill[pockets]
+    if not todo.any():
+        return labels
+    labels = labels.copy()
+    h, w = labels.shape
+    ys, xs = np.nonzero(todo)
+    while len(ys):
+        nb = np.stack([labels[np.maximum(ys - 1, 0), xs] * (ys > 0),
+                       labels[np.minimum(ys + 1, h - 1), xs] * (ys < h - 1),
+                       labels[ys, np.maximum(xs - 1, 0)] * (xs > 0),
+                       labels[ys, np.minimum(xs + 1, w - 1)] * (xs < w - 1)])
+        votes = ((nb[:, None] == nb[None]) & (nb[None] > 0)).sum(axis=1)  # votes[j]: neighbours equal to nb[j]
+        pick = nb[np.argmax(votes, axis=0), np.arange(len(ys))]
+        now = pick > 0  # pixels next to an object: all of a pocket's rim, so every pass makes progress
+        labels[ys[now], xs[now]] = pick[now]
+        ys, xs = ys[~now], xs[~now]
+    return labels
 
 
 def _clean_labels(labels: np.ndarray, n: int, painted: Optional[np.ndarray] = None, min_pixels: int = 8,
@@ -570,6 +651,9 @@ def _render_membrane(shape: Tuple[int, int], rng: np.random.Generator) -> Tuple[
     keep = present[owner] & (d_own < reach[owner])
     labels = np.where(keep, owner + 1, 0).reshape(shape).astype(np.int32)
     labels, _ = _clean_labels(labels, n, min_pixels=30)
+    # the reach (and dropping stray pieces) should only shape the edges of the gaps: background pockets
+    # inside the tissue (beyond the reach at a junction of present cells, or small) go to the neighbours
+    labels = _fill_pockets(labels, PINHOLE, claimed=present[owner].reshape(shape))
     k = int(labels.max())
     fg = labels > 0
     t, s = _inner_distance(labels)
@@ -736,8 +820,10 @@ _Render = Callable[[Tuple[int, int], np.random.Generator], Tuple[np.ndarray, np.
 def _generate(name: str, render: _Render, diameter: float, num_images: int,
               size: Union[int, Tuple[int, int]], seed: int) -> ZooData:
     shape = _check_args(num_images, size, seed)
-    # one random stream per (seed, condition): conditions with the same seed are not correlated
-    rng = np.random.default_rng([int(seed), CONDITIONS.index(name)])
+    # one random stream per (seed, condition), keyed on the condition's name (not on its position in
+    # CONDITIONS, so adding or reordering conditions changes no other condition's data): conditions with
+    # the same seed are not correlated
+    rng = np.random.default_rng([int(seed), zlib.crc32(name.encode("ascii"))])
     images, labels = [], []
     for _ in range(num_images):
         im, lb = render(shape, rng)
@@ -778,7 +864,8 @@ def membrane(num_images: int = 4, size: Union[int, Tuple[int, int]] = 256, seed:
 
     Cells are a power (weighted Voronoi) diagram of seeds at least 25.5 px apart, computed in slightly
     warped coordinates (wavy borders); roughly 10-25% of the area is tissue-free (whole cells missing
-    where a slow random field is low, cells at a gap's edge end within about one spacing of their seed).
+    where a slow random field is low, cells at a gap's edge end within about one spacing of their seed);
+    inside the tissue the cells fill the space (background pockets there go to the neighbouring cells).
     Each label is the whole cell including its membrane. Rendering: a bright band 1-1.6 px wide along
     every cell's outline (so two adjacent cells show a double membrane), patchy along its length;
     interiors only 6-15% of the membrane level (slightly above background) with sparse internalised-dye
@@ -794,9 +881,10 @@ def dense(num_images: int = 4, size: Union[int, Tuple[int, int]] = 256, seed: in
     Seeds thrown at random to saturation, at least 17 px apart, with a slowly varying local density;
     blobby ellipses of about 21 px elongated along a locally coherent direction (as in stroma / epithelia);
     overlaps resolved competitively (a pixel goes to the nucleus it is most central in: flattened contact
-    lines). Brightness log-normal (sigma 0.45); strong tissue autofluorescence background (40-100
-    photons, 25% variations) and a 15% PSF halo (out-of-focus light of a thick sample), PSF sigma
-    1-1.6 px."""
+    lines; pieces a nucleus loses go to the runner-up, and enclosed background pockets smaller than 8 px
+    to the neighbours: no pinholes). Brightness log-normal (sigma 0.45); strong tissue autofluorescence
+    background (40-100 photons, 25% variations) and a 15% PSF halo (out-of-focus light of a thick
+    sample), PSF sigma 1-1.6 px."""
     return _generate("dense", _render_dense, 20.0, num_images, size, seed)
 
 
@@ -844,8 +932,9 @@ def zoo(name: str, num_images: int = 4, size: Union[int, Tuple[int, int]] = 256,
 
     name: one of CONDITIONS: fluo_nuclei, large_cells, membrane, dense, mixed_sizes, low_snr, debris (see
     the function of that name). num_images >= 1 images of `size` (int, or (H, W); >= 64 px each), fully
-    determined by `seed` (a non-negative int). Returns a ZooData with uint16 images, int32 labels and the
-    condition's nominal object diameter."""
+    determined by `seed` (a non-negative int; identical arrays for the same seed with the same
+    numpy/scipy versions; each condition's random stream is keyed on its name). Returns a ZooData with
+    uint16 images, int32 labels and the condition's nominal object diameter."""
     if not isinstance(name, str) or name not in _ZOO:
         raise ValueError(f"unknown condition {name!r}; valid names: {', '.join(CONDITIONS)}")
     return _ZOO[name](num_images=num_images, size=size, seed=seed)

@@ -13,7 +13,9 @@ condition (object counts summed); ± is the standard deviation over seeds (ddof 
 
 Methods, all given the same ``object_diameter`` (the condition's nominal diameter; for ``real_nuclei`` the
 median equivalent diameter of its labelled nuclei, what a user measuring a few nuclei would say):
-  * ``cellulus-fast``: ``segment(model, images, object_diameter=d)`` with its defaults;
+  * ``cellulus-fast``: ``segment(model, images, object_diameter=d)`` with its defaults (the paper's
+    uncertainty foreground), and on the same prediction its other foreground rules, ``foreground=
+    "intensity"`` and ``"refined"`` (:mod:`cellulus_fast.foreground`);
   * ``reference rule``: the public CELLULUS pipeline's rule on the same prediction: foreground = uncertainty
     below Otsu's threshold, scikit-learn's ``MeanShift`` of the embeddings (bandwidth d / 2, fitted on 10%
     of the foreground), grow 3 / shrink 6 px, minimum size. Today cellulus-fast's defaults are this rule
@@ -44,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cellulus_fast.baselines import otsu_components, otsu_watershed  # noqa: E402
+from cellulus_fast.data import normalize  # noqa: E402
 from cellulus_fast.datasets import CONDITIONS, zoo  # noqa: E402
 from cellulus_fast.evaluate import evaluate  # noqa: E402
 from cellulus_fast.ops import mean_shift_labels  # noqa: E402
@@ -60,8 +63,11 @@ QUICK_SYNTHETIC = dict(num_train=1, num_test=1, size=128)
 REAL_EVAL_CROP = 512  # real_nuclei: side of the evaluated central crop of each image
 NOISE_PASSES = 16  # segment()'s default
 SEEDS = 3  # per synthetic condition (mean ± std over seeds); real_nuclei has one fixed image set: one seed
-METHODS = ("cellulus-fast", "reference rule", "Otsu + components", "Otsu + watershed", "oracle foreground")
-BASELINES = METHODS[1:4]
+# Our rows: the defaults, then the other foreground rules of segment() on the same prediction.
+OURS = {"cellulus-fast": "uncertainty", "cellulus-fast, intensity fg": "intensity",
+        "cellulus-fast, refined fg": "refined"}
+BASELINES = ("reference rule", "Otsu + components", "Otsu + watershed")
+METHODS = tuple(OURS) + BASELINES + ("oracle foreground",)
 
 
 def equivalent_diameter(labels: Sequence[np.ndarray]) -> float:
@@ -100,6 +106,9 @@ def run_methods(model, images: List[np.ndarray], gt: List[np.ndarray], diameter:
     out: Dict[str, List[np.ndarray]] = {m: [] for m in METHODS}
     for i, (image, labels, prediction) in enumerate(zip(images, gt, predictions)):
         out["cellulus-fast"].append(np.asarray(ours[i]))
+        normalised = normalize(np.asarray(image, np.float32)[None])
+        for method, rule in list(OURS.items())[1:]:
+            out[method].append(instances(prediction, params, foreground=rule, image=normalised)[0])
         reference = instances(prediction, params, clusterer=sklearn_mean_shift_labels)[0]
         out["reference rule"].append(reference)
         out["Otsu + components"].append(otsu_components(image, diameter))
@@ -187,7 +196,7 @@ def render(results: Dict, meta: Dict) -> str:
         for method in METHODS:
             runs = per_method[method]
             cells = [fmt([r[k] for r in runs]) for k in ("f1_50", "f1_70", "seg", "mean_iou", "fg_iou")]
-            name = f"**{method}**" if method == "cellulus-fast" else method
+            name = f"**{method}**" if method in OURS else method
             lines.append(f"| {condition} | {runs[0]['n_images']} | {runs[0]['diameter']:.0f} | {name} | " +
                          " | ".join(cells) +
                          f" | {runs[0]['n_pred']} / {runs[0]['n_true']} |")

@@ -3,8 +3,8 @@
 parameter derives from the same ``object_diameter`` that :func:`cellulus_fast.segment` takes, by fixed
 rules chosen before looking at any score:
 
-* smoothing: Gaussian, sigma = 1 px (denoising below the scale of any object);
-* holes in the foreground are filled (nuclei and cells have no holes);
+* foreground: :func:`cellulus_fast.foreground.intensity_foreground` (Gaussian smoothing with sigma = 1 px,
+  Otsu's threshold, holes filled: nuclei and cells have no holes);
 * watershed seeds: maxima of the distance transform at least ``object_diameter / 2`` apart (two touching
   discs of that diameter have their centres one diameter apart, so this keeps one seed per object with
   room for elongated ones);
@@ -19,37 +19,17 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 from skimage.feature import peak_local_max
-from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
-from .data import normalize
+from .foreground import intensity_foreground
 from .ops._checks import check_real
 from .segment import size_filter
 
 __all__ = ["intensity_foreground", "otsu_components", "otsu_watershed"]
 
 
-def _grey(image: Any) -> np.ndarray:
-    """A 2-D float image: each channel (first axis of a 3-D array, at most 16) normalised as for the network
-    (1st percentile -> 0, 99.8th -> 1), then the channels averaged."""
-    array = np.asarray(image, dtype=np.float32)
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3 or array.shape[0] > 16:
-        raise ValueError(f"expected a 2-D image or a channels-first (C <= 16, H, W) array, got shape {array.shape}")
-    return normalize(array).mean(axis=0)
-
-
 def _min_size(object_diameter: float) -> int:
     return int(0.1 * math.pi * object_diameter**2 / 4)
-
-
-def intensity_foreground(image: Any, sigma: float = 1.0) -> np.ndarray:
-    """Foreground = Gaussian-smoothed intensity above Otsu's threshold, holes filled (bool (H, W))."""
-    smooth = ndimage.gaussian_filter(_grey(image), sigma)
-    if np.ptp(smooth) == 0:
-        return np.zeros(smooth.shape, bool)
-    return ndimage.binary_fill_holes(smooth > threshold_otsu(smooth))
 
 
 def otsu_components(image: Any, object_diameter: float) -> np.ndarray:

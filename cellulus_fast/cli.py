@@ -14,6 +14,7 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 
 from .config import TrainConfig
+from .foreground import RULES as FOREGROUND_RULES
 
 
 def _bool(text: str) -> bool:
@@ -107,7 +108,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     images, names = load_images(args.images, return_names=True)
     out = Path(args.output_dir)
     labels, predictions = segment(model, images, object_diameter=args.object_diameter, bandwidth=args.bandwidth,
-                                  threshold=args.threshold, num_noise_passes=args.num_noise_passes,
+                                  threshold=args.threshold, foreground=args.foreground,
+                                  num_noise_passes=args.num_noise_passes,
                                   grow=args.grow, shrink=args.shrink, min_size=args.min_size, scale=args.scale,
                                   device=args.device, batch_size=args.batch_size, return_predictions=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--object-diameter", type=float, default=30.0)
     p.add_argument("--bandwidth", type=float, nargs="+", default=None)
     p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--foreground", choices=FOREGROUND_RULES, default="uncertainty",
+                   help="foreground rule (see cellulus_fast.foreground; default: the paper's uncertainty rule)")
     p.add_argument("--num-noise-passes", type=int, default=16)
     p.add_argument("--grow", type=float, default=3.0)
     p.add_argument("--shrink", type=float, default=6.0)

@@ -12,7 +12,6 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 import numpy as np
 import torch
 from scipy import ndimage
-from skimage.filters import threshold_otsu
 from skimage.measure import label as connected_components
 from skimage.segmentation import relabel_sequential
 from skimage.transform import resize
@@ -20,6 +19,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .data import load_images, normalize
+from .foreground import RULES as FOREGROUND_RULES
+from .foreground import intensity_foreground, refine_by_intensity, uncertainty_foreground
 from .models import UNet
 from .ops import mean_shift_labels
 from .ops._checks import check_int, check_real
@@ -85,26 +86,40 @@ def size_filter(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def instances(prediction: Prediction, params: Parameters, *, threshold: Optional[float] = None,
+              foreground: str = "uncertainty", image: Optional[np.ndarray] = None,
               fit_fraction: Optional[float] = 0.1, seed: int = 0, device: Union[str, torch.device, None] = None,
               clusterer: Callable[..., torch.Tensor] = mean_shift_labels) -> List[np.ndarray]:
-    """Label images (one per bandwidth) from a prediction. ``clusterer`` has the signature of
-    :func:`cellulus_fast.ops.mean_shift_labels` (benchmarks pass scikit-learn's pipeline here)."""
-    if threshold is None:
-        if np.ptp(prediction.uncertainty) == 0:
-            warnings.warn("the uncertainty map is constant: no foreground found, returning empty labels")
-            return [np.zeros(prediction.uncertainty.shape, np.int64) for _ in params.bandwidths]
-        threshold = float(threshold_otsu(prediction.uncertainty))
-    mask = prediction.uncertainty < threshold  # low variance under noise = inside an object
+    """Label images (one per bandwidth) from a prediction. ``foreground`` is one of
+    :data:`cellulus_fast.foreground.RULES` (``"intensity"`` and ``"refined"`` need the ``image`` the
+    prediction was made from); ``threshold`` replaces Otsu's threshold of the uncertainty rules. The halo
+    correction (``params.grow`` / ``params.shrink``) applies to the ``"uncertainty"`` rule only: the intensity
+    rules have no halo. ``clusterer`` has the signature of :func:`cellulus_fast.ops.mean_shift_labels`
+    (benchmarks pass scikit-learn's pipeline here)."""
+    if foreground not in FOREGROUND_RULES:
+        raise ValueError(f"foreground must be one of {', '.join(FOREGROUND_RULES)}; got {foreground!r}")
+    if foreground != "uncertainty" and image is None:
+        raise ValueError(f"foreground={foreground!r} needs the image")
+    empty = [np.zeros(prediction.uncertainty.shape, np.int64) for _ in params.bandwidths]
+    if foreground == "intensity":
+        mask = intensity_foreground(image)
+    elif threshold is None and np.ptp(prediction.uncertainty) == 0:
+        warnings.warn("the uncertainty map is constant: no foreground found, returning empty labels")
+        return empty
+    else:
+        mask = uncertainty_foreground(prediction.uncertainty, threshold)  # low variance = inside an object
     if not mask.any():
         warnings.warn("empty foreground: returning empty labels")
-        return [np.zeros(mask.shape, np.int64) for _ in params.bandwidths]
+        return empty
     emb = torch.from_numpy(prediction.embeddings()).to(device or "cpu")
     mask_t = torch.from_numpy(mask).to(emb.device)
     out = []
     for bandwidth in params.bandwidths:
         g = torch.Generator().manual_seed(seed)
         labels = clusterer(emb, mask_t, bandwidth, fit_fraction=fit_fraction, generator=g).cpu().numpy()
-        labels = halo_correction(labels, params.grow, params.shrink)
+        if foreground == "uncertainty":
+            labels = halo_correction(labels, params.grow, params.shrink)
+        elif foreground == "refined":
+            labels = refine_by_intensity(labels, image)
         out.append(size_filter(labels, params.min_size))
     return out
 
@@ -121,6 +136,7 @@ def _label_dtype(labels: np.ndarray) -> np.ndarray:
 
 def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_diameter: float = 30.0,
             bandwidth: Union[float, Sequence[float], None] = None, threshold: Optional[float] = None,
+            foreground: str = "uncertainty",
             num_noise_passes: int = 16, grow: float = 3.0, shrink: float = 6.0, min_size: Optional[int] = None,
             scale: float = 1.0, device: Union[str, torch.device, None] = None, batch_size: int = 4,
             fit_fraction: Optional[float] = 0.1, seed: int = 0, axes: Optional[str] = None,
@@ -130,10 +146,13 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
     Each image is normalised as in training, optionally rescaled by ``scale`` (the paper rescales so cells
     are comfortably larger than the 16 px field of view; labels are mapped back to the original grid by
     nearest-neighbour resizing), predicted in tiles with ``num_noise_passes`` noise passes per value, and
-    segmented: foreground = uncertainty < Otsu's threshold (or ``threshold``), mean-shift of the foreground
-    embeddings (fitted on a random ``fit_fraction`` of them, every foreground pixel then assigned to its
-    nearest centre), halo correction (``grow``, ``shrink``), and removal of objects smaller than
-    ``min_size``. Defaults derive from ``object_diameter`` (see :func:`derive_parameters`).
+    segmented: foreground by the rule ``foreground`` (:mod:`cellulus_fast.foreground`; the default, the
+    paper's, is uncertainty < Otsu's threshold or ``threshold``; ``"intensity"`` and ``"refined"`` use the
+    image's intensity, right for bright objects such as stained nuclei, wrong for membrane stains),
+    mean-shift of the foreground embeddings (fitted on a random ``fit_fraction`` of them, every foreground
+    pixel then assigned to its nearest centre), halo correction (``grow``, ``shrink``; uncertainty rule
+    only), and removal of objects smaller than ``min_size``. Defaults derive from ``object_diameter`` (see
+    :func:`derive_parameters`).
 
     Returns:
         A uint16 (uint32 if needed) label image per image (0 = background), with the input's spatial shape;
@@ -143,6 +162,8 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
     """
     check_int("num_noise_passes", num_noise_passes, low=0)
     check_int("batch_size", batch_size, low=1)
+    if foreground not in FOREGROUND_RULES:
+        raise ValueError(f"foreground must be one of {', '.join(FOREGROUND_RULES)}; got {foreground!r}")
     if fit_fraction is not None:
         check_real("fit_fraction", fit_fraction, low=0.0, high=1.0, low_open=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -164,8 +185,8 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
                            anti_aliasing=scale < 1).astype(np.float32)
         prediction = predict(model, image, num_noise_passes=num_noise_passes, batch_size=batch_size,
                              device=device, seed=seed)
-        labels = instances(prediction, params, threshold=threshold, fit_fraction=fit_fraction, seed=seed,
-                           device=device)
+        labels = instances(prediction, params, threshold=threshold, foreground=foreground, image=image,
+                           fit_fraction=fit_fraction, seed=seed, device=device)
         if scale != 1:
             labels = [resize(l, original, order=0, preserve_range=True, anti_aliasing=False).astype(l.dtype)
                       for l in labels]

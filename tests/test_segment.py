@@ -124,7 +124,8 @@ def test_segment_contract_on_trained_demo_model(demo_run):
 def test_segment_errors(model, tmp_path):
     image = np.random.rand(40, 40).astype(np.float32)
     for bad, match in ((dict(num_noise_passes=-1), "num_noise_passes"), (dict(batch_size=0), "batch_size"),
-                       (dict(fit_fraction=0.0), "fit_fraction"), (dict(object_diameter=-5), "object_diameter")):
+                       (dict(fit_fraction=0.0), "fit_fraction"), (dict(object_diameter=-5), "object_diameter"),
+                       (dict(foreground="magic"), "foreground")):
         with pytest.raises(ValueError, match=match):
             segment(model, image, progress=False, **bad)
     with pytest.raises(ValueError, match="min_size|smaller|10"):

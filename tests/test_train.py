@@ -35,9 +35,9 @@ def embedding_spread(model, image, labels):
 
 def test_loss_decreases_and_cells_embed_tightly(demo_run):
     _, out = demo_run
-    losses = np.loadtxt(out / "model" / "loss.csv", delimiter=",", skiprows=1)[:, 2]
+    losses = np.loadtxt(out / "cells" / "model" / "loss.csv", delimiter=",", skiprows=1)[:, 2]
     assert losses[-20:].mean() < 0.97 * losses[:20].mean()
-    trained = cellulus_fast.load(out / "model")
+    trained = cellulus_fast.load(out / "cells" / "model")
     untrained = cellulus_fast.UNet(**{k: v for k, v in trained.config.to_dict().items()})
     images, labels = synthetic(num_images=1, size=256, num_cells=16, diameter=40.0, seed=77)
     before, _ = embedding_spread(untrained, images[0], labels[0])

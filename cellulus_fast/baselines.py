@@ -13,7 +13,6 @@ rules chosen before looking at any score:
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -23,13 +22,13 @@ from skimage.segmentation import watershed
 
 from .foreground import intensity_foreground
 from .ops._checks import check_real
-from .segment import size_filter
+from .segment import derive_parameters, size_filter
 
 __all__ = ["intensity_foreground", "otsu_components", "otsu_watershed"]
 
 
 def _min_size(object_diameter: float) -> int:
-    return int(0.1 * math.pi * object_diameter**2 / 4)
+    return derive_parameters(object_diameter).min_size
 
 
 def otsu_components(image: Any, object_diameter: float) -> np.ndarray:

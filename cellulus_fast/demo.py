@@ -34,7 +34,6 @@ DIAMETER = 40.0  # of the "cells" set
 SCHEDULE = dict(epochs=4, steps_per_epoch=100, batch_size=4, crop_size=128, num_fmaps=16,
                 learning_rate=1e-3, milestones=(3,))
 QUICK_SCHEDULE = dict(SCHEDULE, epochs=2, steps_per_epoch=75, milestones=())
-METHODS = ("cellulus-fast", "Otsu + watershed")
 
 Images = Tuple[List[np.ndarray], List[np.ndarray]]
 

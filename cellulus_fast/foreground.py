@@ -27,6 +27,13 @@ RULES: Tuple[str, ...] = ("uncertainty", "intensity", "refined")
 SMOOTHING = 1.0  # px, Gaussian sigma of the intensity rules: denoising below the scale of any object
 
 
+def check_rule(rule: str) -> str:
+    """``rule`` if it is one of :data:`RULES`, else a ValueError naming them."""
+    if rule not in RULES:
+        raise ValueError(f"foreground must be one of {', '.join(RULES)}; got {rule!r}")
+    return rule
+
+
 def grey(image: Any) -> np.ndarray:
     """A 2-D float image: each channel (first axis of a 3-D array, at most 16) normalised as for the network
     (1st percentile -> 0, 99.8th -> 1), then the channels averaged."""

@@ -19,8 +19,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .data import load_images, normalize
-from .foreground import RULES as FOREGROUND_RULES
-from .foreground import intensity_foreground, refine_by_intensity, uncertainty_foreground
+from .foreground import check_rule, intensity_foreground, refine_by_intensity, uncertainty_foreground
 from .models import UNet
 from .ops import mean_shift_labels
 from .ops._checks import check_int, check_real
@@ -95,8 +94,7 @@ def instances(prediction: Prediction, params: Parameters, *, threshold: Optional
     correction (``params.grow`` / ``params.shrink``) applies to the ``"uncertainty"`` rule only: the intensity
     rules have no halo. ``clusterer`` has the signature of :func:`cellulus_fast.ops.mean_shift_labels`
     (benchmarks pass scikit-learn's pipeline here)."""
-    if foreground not in FOREGROUND_RULES:
-        raise ValueError(f"foreground must be one of {', '.join(FOREGROUND_RULES)}; got {foreground!r}")
+    check_rule(foreground)
     if foreground != "uncertainty" and image is None:
         raise ValueError(f"foreground={foreground!r} needs the image")
     empty = [np.zeros(prediction.uncertainty.shape, np.int64) for _ in params.bandwidths]
@@ -162,8 +160,7 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
     """
     check_int("num_noise_passes", num_noise_passes, low=0)
     check_int("batch_size", batch_size, low=1)
-    if foreground not in FOREGROUND_RULES:
-        raise ValueError(f"foreground must be one of {', '.join(FOREGROUND_RULES)}; got {foreground!r}")
+    check_rule(foreground)
     if fit_fraction is not None:
         check_real("fit_fraction", fit_fraction, low=0.0, high=1.0, low_open=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,5 +1,5 @@
-# Sourced by .ci/test, .ci/demo, .ci/benchmarks and .ci/quality: a virtual environment with the CPU build of torch and the project's
-# dependencies in .venv (made once, reused), and the extension built in place against that torch.
+# Sourced by .ci/test, .ci/demo, .ci/benchmarks and .ci/quality: a virtual environment with the CPU build of
+# torch and the project's dependencies in .venv (made once, reused), and the extension built in place against that torch.
 # Needs python3 (3.10+) and a C++ compiler; no network beyond the package index.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -166,11 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("images")
     p.add_argument("output_dir")
-    p.add_argument("--object-diameter", type=float, default=30.0)
+    p.add_argument("--object-diameter", type=float, default=None,
+                   help="typical object diameter in px (default: measured on each image)")
     p.add_argument("--bandwidth", type=float, nargs="+", default=None)
     p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--foreground", choices=FOREGROUND_RULES, default="uncertainty",
-                   help="foreground rule (see cellulus_fast.foreground; default: the paper's uncertainty rule)")
+    p.add_argument("--foreground", choices=FOREGROUND_RULES, default="auto",
+                   help="foreground rule (see cellulus_fast.foreground; 'uncertainty' is the paper's rule)")
     p.add_argument("--num-noise-passes", type=int, default=16)
     p.add_argument("--grow", type=float, default=3.0)
     p.add_argument("--shrink", type=float, default=6.0)

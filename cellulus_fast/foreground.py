@@ -1,7 +1,13 @@
 """Foreground rules: which pixels belong to some object. Shared by :func:`cellulus_fast.segment` (its
 ``foreground`` option) and the classical baselines (:mod:`cellulus_fast.baselines`).
 
-* ``"uncertainty"`` (the paper's rule, the default): the spread of the predicted offsets under test-time
+* ``"auto"`` (the default): the uncertainty foreground, clustered, then each detection judged on the image
+  intensity inside it (:func:`judge_detections`): dropped when it has no contrast above the noise (a
+  cluster of background), cut to its bright part when that part sits in its middle and the rest is as dark
+  as the background (a bright object plus its halo: nuclear stains), kept whole otherwise (a cell that
+  fills its detection: membrane and cytoplasm stains). No parameter needs ground truth: the noise level and
+  the background level are measured on each image.
+* ``"uncertainty"`` (the paper's rule): the spread of the predicted offsets under test-time
   noise is low inside objects, so foreground = uncertainty below Otsu's threshold. It also keeps a halo
   about kappa wide around objects (the loss pulls nearby background towards them), which the halo
   correction trims.
@@ -23,8 +29,16 @@ from skimage.filters import threshold_otsu
 
 from .data import normalize
 
-RULES: Tuple[str, ...] = ("uncertainty", "intensity", "refined")
+RULES: Tuple[str, ...] = ("auto", "uncertainty", "intensity", "refined")
 SMOOTHING = 1.0  # px, Gaussian sigma of the intensity rules: denoising below the scale of any object
+# "auto": a detection is an object when its bright and dark halves differ by more than this many noise
+# standard deviations (of the smoothed image): an Otsu split of pure noise gives ~1.6.
+MIN_CONTRAST = 3.0
+# "auto": the dark part of a detection holds a halo when its darkest quarter (25th percentile) lies in the
+# lowest quarter of the range from the image's background level to the detection's bright part. (A
+# quantile, not the median: where a detection has only a thin halo, its dark part is mostly blurred rim.)
+BACKGROUND_LIKE = 0.25
+HALO_QUANTILE = 25.0
 
 
 def check_rule(rule: str) -> str:
@@ -75,4 +89,52 @@ def refine_by_intensity(labels: np.ndarray, image: Any, sigma: float = SMOOTHING
         values = smooth[box][inside]
         keep = inside if np.ptp(values) == 0 else inside & (smooth[box] > threshold_otsu(values))
         out[box][keep] = k
+    return out
+
+
+def noise_sigma(image: Any) -> float:
+    """Standard deviation of the pixel noise of :func:`grey` ``(image)``, robust to edges and texture
+    (Immerkaer's Laplacian-difference mask, with the median absolute response instead of the mean)."""
+    mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)  # zero on planes; noise gain 6
+    response = ndimage.convolve(grey(image).astype(np.float64), mask, mode="reflect")
+    return float(1.4826 * np.median(np.abs(response)) / 6.0)
+
+
+def judge_detections(labels: np.ndarray, image: Any, sigma: float = SMOOTHING) -> np.ndarray:
+    """The ``"auto"`` rule's decision per detection of ``labels`` (clusters of the uncertainty foreground,
+    not halo-corrected), on the smoothed intensity: split at Otsu's threshold of its own values into a
+    bright and a dark part, then
+
+    * dropped when its parts' medians differ by less than :data:`MIN_CONTRAST` noise standard deviations and
+      so does its median from the background level (the median outside all detections): no object in it;
+    * cut to its bright part when that part lies deeper inside the detection (mean distance to its border)
+      than the dark part and the dark part holds background (its :data:`HALO_QUANTILE` percentile within
+      :data:`BACKGROUND_LIKE` of the way from the background level to the bright part's median; never with
+      fewer than 1% of the pixels outside all detections: then there is no background level);
+    * kept whole otherwise.
+    """
+    smooth = ndimage.gaussian_filter(grey(image), sigma)
+    # the noise of the smoothed image: a Gaussian of sigma s averages white noise down by 2 s sqrt(pi)
+    noise = noise_sigma(image) / (2 * sigma * np.sqrt(np.pi)) if sigma > 0 else noise_sigma(image)
+    outside = labels == 0
+    background = float(np.median(smooth[outside])) if outside.mean() >= 0.01 else None
+    out = np.zeros_like(labels)
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        inside = labels[box] == k
+        values = smooth[box][inside]
+        if np.ptp(values) == 0:
+            continue
+        bright = inside & (smooth[box] > threshold_otsu(values))
+        dark = inside & ~bright
+        high, low = float(np.median(smooth[box][bright])), float(np.median(smooth[box][dark]))
+        step = abs(float(np.median(values)) - background) if background is not None else 0.0
+        if max(high - low, step) < MIN_CONTRAST * noise:  # no contrast within it, nor with the background
+            continue
+        depth = ndimage.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1]
+        central = depth[bright].mean() > depth[dark].mean()
+        darkest = float(np.percentile(smooth[box][dark], HALO_QUANTILE))
+        halo = background is not None and darkest < background + BACKGROUND_LIKE * (high - background)
+        out[box][bright if central and halo else inside] = k
     return out

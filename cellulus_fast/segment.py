@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .data import load_images, normalize
-from .foreground import check_rule, intensity_foreground, refine_by_intensity, uncertainty_foreground
+from .foreground import check_rule, intensity_foreground, judge_detections, refine_by_intensity, uncertainty_foreground
 from .models import UNet
 from .ops import mean_shift_labels
 from .ops._checks import check_int, check_real
@@ -60,6 +60,43 @@ def derive_parameters(object_diameter: float, *, bandwidth: Union[float, Sequenc
     return Parameters(bandwidths, int(round(min_size * scale**2)), float(grow), float(shrink))
 
 
+def equivalent_diameter(labels: Union[np.ndarray, Sequence[np.ndarray]]) -> Optional[float]:
+    """Median, over all objects of one or more label images, of the diameter of the disc with the object's
+    area (None when there is no object)."""
+    arrays = [labels] if isinstance(labels, np.ndarray) else list(labels)
+    areas = np.concatenate([np.bincount(np.asarray(a, np.int64).ravel())[1:] for a in arrays])
+    areas = areas[areas > 0]
+    return float(np.median(2 * np.sqrt(areas / np.pi))) if len(areas) else None
+
+
+# estimate_diameter: first guess and number of passes. The first guess is the smallest diameter the network
+# segments well, 2x its 16 px field of view: its minimum size (10% of the disc, 80 px) keeps objects down to
+# ~10 px, and its bandwidth (16 px) rarely splits larger ones. The second pass, at the bandwidth of the first
+# estimate, corrects for objects the first one split or joined. (More passes drift: where embeddings are
+# only partly contracted, each pass splits a little more.)
+DIAMETER_START = 32.0
+DIAMETER_PASSES = 2
+
+
+def estimate_diameter(prediction: Prediction, image: Optional[np.ndarray] = None, *, foreground: str = "auto",
+                      threshold: Optional[float] = None, start: float = DIAMETER_START,
+                      passes: int = DIAMETER_PASSES, fit_fraction: Optional[float] = 0.1, seed: int = 0,
+                      device: Union[str, torch.device, None] = None) -> Optional[float]:
+    """The typical object diameter (px, on the prediction's grid) from the prediction alone: segment with
+    the parameters of a ``start`` diameter, measure the median equivalent diameter of the objects found,
+    and repeat with that diameter (``passes`` times in all). None when no object is found."""
+    check_int("passes", passes, low=1)
+    diameter = float(start)
+    for _ in range(passes):
+        labels = instances(prediction, derive_parameters(diameter), threshold=threshold, foreground=foreground,
+                           image=image, fit_fraction=fit_fraction, seed=seed, device=device)[0]
+        found = equivalent_diameter(labels)
+        if found is None:
+            return None
+        diameter = found
+    return diameter
+
+
 def halo_correction(labels: np.ndarray, grow: float, shrink: float) -> np.ndarray:
     """Removes the halo at object/background borders: the foreground is grown by ``grow`` px, then every
     pixel within ``shrink`` px of the grown foreground's border is cleared (a net erosion of shrink - grow
@@ -85,14 +122,14 @@ def size_filter(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def instances(prediction: Prediction, params: Parameters, *, threshold: Optional[float] = None,
-              foreground: str = "uncertainty", image: Optional[np.ndarray] = None,
+              foreground: str = "auto", image: Optional[np.ndarray] = None,
               fit_fraction: Optional[float] = 0.1, seed: int = 0, device: Union[str, torch.device, None] = None,
               clusterer: Callable[..., torch.Tensor] = mean_shift_labels) -> List[np.ndarray]:
     """Label images (one per bandwidth) from a prediction. ``foreground`` is one of
-    :data:`cellulus_fast.foreground.RULES` (``"intensity"`` and ``"refined"`` need the ``image`` the
-    prediction was made from); ``threshold`` replaces Otsu's threshold of the uncertainty rules. The halo
-    correction (``params.grow`` / ``params.shrink``) applies to the ``"uncertainty"`` rule only: the intensity
-    rules have no halo. ``clusterer`` has the signature of :func:`cellulus_fast.ops.mean_shift_labels`
+    :data:`cellulus_fast.foreground.RULES` (all but ``"uncertainty"`` need the ``image`` the prediction
+    was made from); ``threshold`` replaces Otsu's threshold of the uncertainty map. The halo correction
+    (``params.grow`` / ``params.shrink``) applies to the ``"uncertainty"`` rule only: the others remove the
+    halo by intensity. ``clusterer`` has the signature of :func:`cellulus_fast.ops.mean_shift_labels`
     (benchmarks pass scikit-learn's pipeline here)."""
     check_rule(foreground)
     if foreground != "uncertainty" and image is None:
@@ -118,6 +155,8 @@ def instances(prediction: Prediction, params: Parameters, *, threshold: Optional
             labels = halo_correction(labels, params.grow, params.shrink)
         elif foreground == "refined":
             labels = refine_by_intensity(labels, image)
+        elif foreground == "auto":
+            labels = judge_detections(labels, image)
         out.append(size_filter(labels, params.min_size))
     return out
 
@@ -132,9 +171,9 @@ def _label_dtype(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.uint16 if labels.max(initial=0) < 2**16 else np.uint32)
 
 
-def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_diameter: float = 30.0,
+def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_diameter: Optional[float] = None,
             bandwidth: Union[float, Sequence[float], None] = None, threshold: Optional[float] = None,
-            foreground: str = "uncertainty",
+            foreground: str = "auto",
             num_noise_passes: int = 16, grow: float = 3.0, shrink: float = 6.0, min_size: Optional[int] = None,
             scale: float = 1.0, device: Union[str, torch.device, None] = None, batch_size: int = 4,
             fit_fraction: Optional[float] = 0.1, seed: int = 0, axes: Optional[str] = None,
@@ -144,13 +183,17 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
     Each image is normalised as in training, optionally rescaled by ``scale`` (the paper rescales so cells
     are comfortably larger than the 16 px field of view; labels are mapped back to the original grid by
     nearest-neighbour resizing), predicted in tiles with ``num_noise_passes`` noise passes per value, and
-    segmented: foreground by the rule ``foreground`` (:mod:`cellulus_fast.foreground`; the default, the
-    paper's, is uncertainty < Otsu's threshold or ``threshold``; ``"intensity"`` and ``"refined"`` use the
-    image's intensity, right for bright objects such as stained nuclei, wrong for membrane stains),
-    mean-shift of the foreground embeddings (fitted on a random ``fit_fraction`` of them, every foreground
-    pixel then assigned to its nearest centre), halo correction (``grow``, ``shrink``; uncertainty rule
-    only), and removal of objects smaller than ``min_size``. Defaults derive from ``object_diameter`` (see
-    :func:`derive_parameters`).
+    segmented: foreground by the rule ``foreground`` (:mod:`cellulus_fast.foreground`: the default
+    ``"auto"`` clusters the low-uncertainty pixels and judges each detection on the image's intensity;
+    ``"uncertainty"`` is the paper's rule, uncertainty < Otsu's threshold or ``threshold``, with the halo
+    correction ``grow`` / ``shrink``), mean-shift of the foreground embeddings (fitted on a random
+    ``fit_fraction`` of them, every foreground pixel then assigned to its nearest centre), and removal of
+    objects smaller than ``min_size``.
+
+    ``object_diameter`` (px of the input images) sets the bandwidth (half of it) and the minimum size (10% of
+    its disc) unless those are given (:func:`derive_parameters`). By default (None) it is measured on each
+    image from its own prediction (:func:`estimate_diameter`: the median size of the objects found with a
+    large first guess, then once more with that size) and reported when ``progress`` is on.
 
     Returns:
         A uint16 (uint32 if needed) label image per image (0 = background), with the input's spatial shape;
@@ -163,10 +206,11 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
     check_rule(foreground)
     if fit_fraction is not None:
         check_real("fit_fraction", fit_fraction, low=0.0, high=1.0, low_open=True)
+    # every option checked (with a stand-in diameter when it is to be measured) before any work
+    derive_parameters(object_diameter if object_diameter is not None else DIAMETER_START, bandwidth=bandwidth,
+                      min_size=min_size, grow=grow, shrink=shrink, scale=scale)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = _as_model(model_or_checkpoint, device)
-    params = derive_parameters(object_diameter, bandwidth=bandwidth, min_size=min_size, grow=grow,
-                               shrink=shrink, scale=scale)
     data = load_images(images, axes=axes, min_size=model.context + 2 if scale == 1 else 0)
     single = len(data) == 1 and (isinstance(images, (str, Path, np.ndarray, torch.Tensor)))
     if data[0].shape[0] != model.config.in_channels:
@@ -182,6 +226,16 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
                            anti_aliasing=scale < 1).astype(np.float32)
         prediction = predict(model, image, num_noise_passes=num_noise_passes, batch_size=batch_size,
                              device=device, seed=seed)
+        diameter = object_diameter
+        if diameter is None:
+            measured = estimate_diameter(prediction, image, foreground=foreground, threshold=threshold,
+                                         fit_fraction=fit_fraction, seed=seed, device=device)
+            diameter = (DIAMETER_START if measured is None else measured) / scale
+            if progress:
+                tqdm.write(f"image {len(results) + 1}: object diameter "
+                           + (f"{diameter:.1f} px (measured)" if measured else "not measured: no object found"))
+        params = derive_parameters(diameter, bandwidth=bandwidth, min_size=min_size, grow=grow, shrink=shrink,
+                                   scale=scale)
         labels = instances(prediction, params, threshold=threshold, foreground=foreground, image=image,
                            fit_fraction=fit_fraction, seed=seed, device=device)
         if scale != 1:

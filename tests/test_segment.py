@@ -10,7 +10,11 @@ import cellulus_fast
 from cellulus_fast import checkpoint
 from cellulus_fast.models import UNet
 from cellulus_fast.predict import Prediction, predict
-from cellulus_fast.segment import derive_parameters, halo_correction, instances, segment, size_filter
+from cellulus_fast.data import normalize
+from cellulus_fast.datasets import synthetic_embeddings
+from cellulus_fast.evaluate import evaluate
+from cellulus_fast.segment import (derive_parameters, equivalent_diameter, estimate_diameter, halo_correction,
+                                   instances, segment, size_filter)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +97,7 @@ def test_size_filter_splits_drops_and_relabels():
 def test_empty_foreground_warns_and_returns_zeros(model):
     prediction = Prediction(offsets=np.zeros((2, 32, 32), np.float32), uncertainty=np.ones((32, 32), np.float32))
     with pytest.warns(UserWarning, match="constant"):
-        out = instances(prediction, derive_parameters(10.0))
+        out = instances(prediction, derive_parameters(10.0), image=np.ones((1, 32, 32), np.float32))
     assert out[0].shape == (32, 32) and out[0].max() == 0
     image = np.random.default_rng(3).random((40, 40)).astype(np.float32)
     with pytest.warns(UserWarning, match="empty foreground"):
@@ -119,6 +123,38 @@ def test_segment_contract_on_trained_demo_model(demo_run):
     scaled = segment(model_dir, images[0], object_diameter=40.0, num_noise_passes=4, scale=0.75,
                      progress=False)
     assert scaled.shape == (150, 170) and scaled.max() >= 4
+    # the defaults: diameter measured on the image, "auto" foreground
+    auto, prediction = segment(model_dir, images[0], num_noise_passes=4, progress=False, return_predictions=True)
+    true = equivalent_diameter(truth[0])
+    measured = estimate_diameter(prediction, normalize(images[0][None].astype(np.float32)))
+    assert abs(measured / true - 1) < 0.2, (measured, true)
+    assert evaluate(truth[0], auto, thresholds=0.5).pooled.at(0.5).f1 >= 0.8
+
+
+def test_estimate_diameter_of_discs():
+    for diameter in (16.0, 30.0):
+        emb, fg, labels = synthetic_embeddings(size=256, num_cells=30, diameter=diameter, noise=1.0, seed=4)
+        grid = np.stack(np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
+        uncertainty = np.where(fg.numpy(), 1.0, 4.0).astype(np.float32)
+        prediction = Prediction(offsets=(emb.numpy() - grid).astype(np.float32), uncertainty=uncertainty)
+        image = np.where(labels > 0, 1.0, 0.1) + np.random.default_rng(5).normal(0, 0.05, labels.shape)
+        measured = estimate_diameter(prediction, image[None].astype(np.float32))
+        assert abs(measured / equivalent_diameter(labels) - 1) < 0.1, (diameter, measured)
+    empty = Prediction(offsets=np.zeros((2, 32, 32), np.float32), uncertainty=np.ones((32, 32), np.float32))
+    with pytest.warns(UserWarning):
+        assert estimate_diameter(empty, np.zeros((1, 32, 32), np.float32)) is None
+    with pytest.raises(ValueError, match="passes"):
+        estimate_diameter(prediction, image[None], passes=0)
+
+
+def test_equivalent_diameter():
+    labels = np.zeros((50, 50), np.int64)
+    labels[:10, :10] = 1  # 100 px
+    labels[20:40, 20:40] = 2  # 400 px
+    labels[45:49, 45:49] = 3  # 16 px
+    assert equivalent_diameter(labels) == pytest.approx(2 * np.sqrt(100 / np.pi))
+    assert equivalent_diameter([labels, np.zeros((5, 5), np.int64)]) == equivalent_diameter(labels)
+    assert equivalent_diameter(np.zeros((5, 5), np.int64)) is None
 
 
 def test_segment_errors(model, tmp_path):

@@ -13,7 +13,7 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import PRESETS, TrainConfig
 from .foreground import RULES as FOREGROUND_RULES
 
 
@@ -44,11 +44,13 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The preset's options, then the TOML file's, then the flags'."""
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name) is not None}
+    base = TrainConfig.preset(args.preset).to_dict()
     if args.config:
-        return TrainConfig.from_toml(args.config, **overrides)
-    return TrainConfig.from_dict(overrides)
+        return TrainConfig.from_toml(args.config, base=base, **overrides)
+    return TrainConfig.from_dict({**base, **overrides})
 
 
 def _stem(name: str, index: int, taken: set) -> str:
@@ -159,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", help="TIFF file, folder, glob pattern or Cell Tracking Challenge folder")
     p.add_argument("output_dir")
     p.add_argument("--config", help="TOML file with training options (flags override it)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                   help="named schedule the other options start from (default: paper; fast: ~5 min on a CPU)")
     _add_train_options(p)
     p.set_defaults(func=_cmd_train)
 

@@ -93,8 +93,9 @@ def run_demo(output_dir: Union[str, Path] = "demo_output", *, quick: bool = Fals
         result = train(out / "data/train", out / "model", seed=seed, progress=progress, **schedule)
         print(f"[demo] {name}: trained in {time.time() - set_start:.0f} s: {result.checkpoint}")
 
-        predicted = {"cellulus-fast": segment(result.checkpoint, out / "data/test", object_diameter=diameter,
-                                              progress=progress),
+        # ours with its defaults: nothing but the images (object size and foreground measured on each image);
+        # the baseline needs the object diameter
+        predicted = {"cellulus-fast": segment(result.checkpoint, out / "data/test", progress=progress),
                      "Otsu + watershed": [otsu_watershed(image, diameter) for image in test_images]}
         (out / "labels").mkdir(exist_ok=True)
         for i, (image, labels) in enumerate(zip(test_images, predicted["cellulus-fast"])):

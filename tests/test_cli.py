@@ -21,6 +21,11 @@ def test_train_segment_evaluate(tmp_path, capsys):
                  "--num-fmaps", "4", "--learning-rate", "0.001"]) == 0
     written = (tmp_path / "run" / "config.toml").read_text()
     assert "num_fmaps = 4" in written and "steps_per_epoch = 2" in written
+    # preset < TOML < flags
+    assert main(["train", str(tmp_path / "img"), str(tmp_path / "fast"), "--preset", "fast", "--config",
+                 str(config), "--epochs", "2"]) == 0
+    written = (tmp_path / "fast" / "config.toml").read_text()
+    assert "num_fmaps = 8" in written and "learning_rate = 0.0003" in written and "epochs = 2" in written
     assert main(["segment", str(tmp_path / "run" / "checkpoint.pt"), str(tmp_path / "img"), str(tmp_path / "seg"),
                  "--object-diameter", "30", "--num-noise-passes", "2", "--overlay", "--save-uncertainty",
                  "--save-embeddings"]) == 0

@@ -12,7 +12,7 @@ import torch
 
 import cellulus_fast
 from cellulus_fast import checkpoint
-from cellulus_fast.config import TrainConfig
+from cellulus_fast.config import PRESETS, TrainConfig
 from cellulus_fast.data import normalize
 from cellulus_fast.datasets import synthetic
 from cellulus_fast.predict import predict
@@ -89,6 +89,27 @@ def test_config_toml_round_trip_and_errors(tmp_path):
                        ({"batch_size": 1.5}, "batch_size"), ({"resume": 1}, "resume")):
         with pytest.raises((ValueError, TypeError), match=match):
             TrainConfig(**bad)
+
+
+def test_presets(tmp_path, tiny_images):
+    assert TrainConfig.preset("paper") == TrainConfig()
+    fast = TrainConfig.preset("fast", epochs=3)
+    assert (fast.num_fmaps, fast.steps_per_epoch, fast.epochs, fast.learning_rate) == (16, 100, 3, 3e-4)
+    path = tmp_path / "c.toml"
+    path.write_text("batch_size = 2\n")
+    from_file = TrainConfig.from_toml(path, base=PRESETS["fast"], epochs=5)
+    assert (from_file.num_fmaps, from_file.batch_size, from_file.epochs) == (16, 2, 5)
+    with pytest.raises(ValueError, match="preset must be one of"):
+        TrainConfig.preset("slow")
+    with pytest.raises(ValueError, match="preset must be one of"):
+        train(tiny_images[0], tmp_path / "a", preset="slow")
+    with pytest.raises(ValueError, match="not both"):
+        train(tiny_images[0], tmp_path / "b", preset="fast", config=TrainConfig())
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    result = train(tiny_images[0], tmp_path / "run", preset="fast", epochs=1, steps_per_epoch=2, crop_size=64,
+                   milestones=(), kappa=5.0, progress=False)
+    written = TrainConfig.from_toml(tmp_path / "run" / "config.toml")
+    assert written.num_fmaps == 16 and written.learning_rate == 3e-4 and len(result.losses) == 2
 
 
 def _bad_sources(tmp_path):

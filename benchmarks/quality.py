@@ -4,8 +4,8 @@
     bash .ci/quality --quick    # tiny sizes, every method end to end; checks shapes only (CI)
 
 For every condition of the synthetic data zoo (:mod:`cellulus_fast.datasets`) a model is trained on its
-training images with one fixed small schedule (``SCHEDULE``), then every method segments the held-out images
-(generated with another seed) and is scored against the exact labels. ``real_nuclei`` is the hand-labelled
+training images with the ``"fast"`` preset of :func:`cellulus_fast.train` (``SCHEDULE``), then every method
+segments the held-out images (generated with another seed) and is scored against the exact labels. ``real_nuclei`` is the hand-labelled
 nuclear-stain set of the ``mnfinder`` wheel (training + validation folders; its test folder is never read),
 used unsupervised: trained on its 33 images, evaluated on the central 512 x 512 px of each (prediction
 with test-time noise is the slow part), reported per cell line. Scores are pooled over the images of a
@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cellulus_fast.baselines import otsu_components, otsu_watershed  # noqa: E402
+from cellulus_fast.config import PRESETS  # noqa: E402
 from cellulus_fast.data import normalize  # noqa: E402
 from cellulus_fast.datasets import CONDITIONS, zoo  # noqa: E402
 from cellulus_fast.evaluate import evaluate  # noqa: E402
@@ -56,15 +57,15 @@ from cellulus_fast.segment import (derive_parameters, equivalent_diameter, estim
                                    segment, size_filter)
 from cellulus_fast.train import train  # noqa: E402
 
-# The fixed small schedule (a CPU user's first try; the paper's defaults take days on a CPU).
-SCHEDULE = dict(epochs=3, steps_per_epoch=100, batch_size=4, crop_size=128, num_fmaps=16, learning_rate=1e-3,
-                milestones=(2,))
-SYNTHETIC = dict(num_train=4, num_test=3, size=320)
+# The schedule a CPU user gets: train(preset="fast") (the paper's defaults take days on a CPU).
+SCHEDULE = dict(PRESETS["fast"])
 QUICK_SCHEDULE = dict(SCHEDULE, epochs=1, steps_per_epoch=3, batch_size=2, num_fmaps=4, milestones=())
 QUICK_SYNTHETIC = dict(num_train=1, num_test=1, size=128)
 REAL_EVAL_CROP = 512  # real_nuclei: side of the evaluated central crop of each image
 NOISE_PASSES = 16  # segment()'s default
-SEEDS = 3  # per synthetic condition (mean ± std over seeds); real_nuclei has one fixed image set: one seed
+# per synthetic condition (mean ± std over seeds); real_nuclei has one fixed image set: one seed. One by
+# default: a "fast" training takes ~5 min on 2 cores, and 3 seeds of 7 conditions would take ~2 h.
+SEEDS = 1
 # Our rows: the defaults (foreground and diameter automatic), then each foreground rule of segment() on the
 # same prediction with the nominal diameter given.
 OURS = {"cellulus-fast": "auto", "cellulus-fast, given d": "auto",
@@ -145,7 +146,7 @@ def synthetic_condition(name: str, seed: int, quick: bool, workdir: Path, noise_
     schedule = QUICK_SCHEDULE if quick else SCHEDULE
     model = train(train_data.images, workdir / f"{name}-{seed}", seed=seed, progress=False, **schedule).model
     labels = run_methods(model, test_data.images, test_data.labels, test_data.diameter, noise_passes)
-    return {name: (test_data.images, test_data.labels, labels, test_data.diameter)}
+    return {name: (test_data.images, test_data.labels, labels, test_data.diameter)}, model
 
 
 def real_condition(seed: int, quick: bool, workdir: Path, noise_passes: int):
@@ -167,8 +168,33 @@ def real_condition(seed: int, quick: bool, workdir: Path, noise_passes: int):
     for line in sorted({d.cell_line for d in data}):
         idx = [i for i, d in enumerate(data) if d.cell_line == line]
         out[f"real_nuclei/{line}"] = ([images[i] for i in idx], [gt[i] for i in idx],
-                                      {m: [l[i] for i in idx] for m, l in labels.items()}, diameter)
-    return out
+                                      {m: [l[i] for i in idx] if l else [] for m, l in labels.items()}, diameter)
+    return out, model
+
+
+def cost(model, quick: bool) -> List[Dict]:
+    """segment()'s time per stage at its defaults, on one generated fluo_nuclei image per size: prediction
+    (noise passes), the diameter measurement, the final clustering and foreground; plus the prediction alone
+    with the paper's 64-feature-map network (untrained: its time does not depend on the weights)."""
+    from cellulus_fast.models import UNet
+    from cellulus_fast.predict import predict
+
+    rows = []
+    for size in ((96,) if quick else (512, 1024)):
+        image = normalize(zoo("fluo_nuclei", num_images=1, size=size, seed=7).images[0][None].astype(np.float32))
+        t0 = time.perf_counter()
+        prediction = predict(model, image, num_noise_passes=2 if quick else NOISE_PASSES, device="cpu")
+        t1 = time.perf_counter()
+        diameter = estimate_diameter(prediction, image) or 32.0
+        t2 = time.perf_counter()
+        instances(prediction, derive_parameters(diameter), image=image)
+        t3 = time.perf_counter()
+        paper = UNet(num_fmaps=64).eval()
+        predict(paper, image, num_noise_passes=2 if quick else NOISE_PASSES, device="cpu")
+        t4 = time.perf_counter()
+        rows.append(dict(size=size, predict=t1 - t0, diameter=t2 - t1, segment=t3 - t2, total=t3 - t0,
+                         predict_paper=t4 - t3))
+    return rows
 
 
 def fmt(values: Sequence[float]) -> str:
@@ -233,6 +259,17 @@ def render(results: Dict, meta: Dict) -> str:
               "| condition | nominal d | true | measured | error |", "|---|---|---|---|---|"] + diameters
     lines += ["", "## Where cellulus-fast loses (F1@0.5 below the best classical baseline)", ""]
     lines += losses or ["- nowhere"]
+    if meta.get("cost"):
+        lines += ["", "## Cost of segment() at its defaults (2 CPU cores, seconds per image)", "",
+                  f"The benchmark's network (16 feature maps), {meta['noise_passes']} noise passes per value (each "
+                  "pass predicts the image once per noise value; the uncertainty the foreground needs comes from "
+                  "them), a generated fluo_nuclei image; last column: the prediction alone with the paper's "
+                  "64-feature-map network.", "",
+                  "| image | prediction | diameter measurement | clustering + foreground | total | prediction, 64 fmaps |",
+                  "|---|---|---|---|---|---|"]
+        for r in meta["cost"]:
+            lines.append(f"| {r['size']} x {r['size']} | {r['predict']:.1f} | {r['diameter']:.1f} | "
+                         f"{r['segment']:.1f} | {r['total']:.1f} | {r['predict_paper']:.1f} |")
     lines += ["", "## Thumbnails", "", "Left: image with the true labels; middle: cellulus-fast; right: Otsu + "
               "watershed (one crop of the first held-out image, label boundaries in yellow).", ""]
     for condition in results:
@@ -261,7 +298,7 @@ def main(argv=None) -> int:
     noise_passes = 2 if args.quick else NOISE_PASSES
     start = time.time()
     results: Dict[str, Dict[str, List[Dict]]] = {}
-    thumbs = {}
+    thumbs, costs = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for condition in args.conditions:
             count = args.seeds or (1 if args.quick else SEEDS)
@@ -269,9 +306,11 @@ def main(argv=None) -> int:
             for seed in seeds:
                 t = time.time()
                 if condition == "real_nuclei":
-                    out = real_condition(seed, args.quick, Path(tmp), noise_passes)
+                    out, model = real_condition(seed, args.quick, Path(tmp), noise_passes)
                 else:
-                    out = synthetic_condition(condition, seed, args.quick, Path(tmp), noise_passes)
+                    out, model = synthetic_condition(condition, seed, args.quick, Path(tmp), noise_passes)
+                if not costs:  # timed once, with the first model, while nothing else runs
+                    costs = cost(model, args.quick)
                 for name, (images, gt, labels, diameter) in out.items():
                     measured = [m for m in labels["measured diameters"] if m is not None]
                     sizes = dict(diameter=diameter, true_diameter=equivalent_diameter(gt),
@@ -293,7 +332,7 @@ def main(argv=None) -> int:
             "minutes": (time.time() - start) / 60, "schedule": QUICK_SCHEDULE if args.quick else SCHEDULE,
             "sizes": QUICK_SYNTHETIC if args.quick else SYNTHETIC, "noise_passes": noise_passes,
             "real_crop": 160 if args.quick else REAL_EVAL_CROP,
-            "seeds": args.seeds or (1 if args.quick else SEEDS)}
+            "seeds": args.seeds or (1 if args.quick else SEEDS), "cost": costs}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality").mkdir(exist_ok=True)
     for name, (image, gt, labels) in thumbs.items():

@@ -59,6 +59,7 @@ from cellulus_fast.train import train  # noqa: E402
 
 # The schedule a CPU user gets: train(preset="fast") (the paper's defaults take days on a CPU).
 SCHEDULE = dict(PRESETS["fast"])
+SYNTHETIC = dict(num_train=4, num_test=3, size=320)
 QUICK_SCHEDULE = dict(SCHEDULE, epochs=1, steps_per_epoch=3, batch_size=2, num_fmaps=4, milestones=())
 QUICK_SYNTHETIC = dict(num_train=1, num_test=1, size=128)
 REAL_EVAL_CROP = 512  # real_nuclei: side of the evaluated central crop of each image

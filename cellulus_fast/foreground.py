@@ -21,7 +21,7 @@
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Iterator, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -82,14 +82,19 @@ def refine_by_intensity(labels: np.ndarray, image: Any, sigma: float = SMOOTHING
     intensities inside it (objects without contrast are kept as they are)."""
     smooth = ndimage.gaussian_filter(grey(image), sigma)
     out = np.zeros_like(labels)
-    for k, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        inside = labels[box] == k
-        values = smooth[box][inside]
+    for k, box, inside, values in _detections(labels, smooth):
         keep = inside if np.ptp(values) == 0 else inside & (smooth[box] > threshold_otsu(values))
         out[box][keep] = k
     return out
+
+
+def _detections(labels: np.ndarray, smooth: np.ndarray) -> Iterator[Tuple[int, Tuple[slice, ...], np.ndarray,
+                                                                          np.ndarray]]:
+    """(label, bounding box, its mask within the box, its smoothed values) for each label present."""
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is not None:
+            inside = labels[box] == k
+            yield k, box, inside, smooth[box][inside]
 
 
 def noise_sigma(image: Any) -> float:
@@ -119,17 +124,14 @@ def judge_detections(labels: np.ndarray, image: Any, sigma: float = SMOOTHING) -
     outside = labels == 0
     background = float(np.median(smooth[outside])) if outside.mean() >= 0.01 else None
     out = np.zeros_like(labels)
-    for k, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        inside = labels[box] == k
-        values = smooth[box][inside]
-        if np.ptp(values) == 0:
+    for k, box, inside, values in _detections(labels, smooth):
+        step = abs(float(np.median(values)) - background) if background is not None else 0.0
+        if np.ptp(values) == 0:  # flat: an object only if it stands out from the background
+            out[box][inside] = k if step >= MIN_CONTRAST * noise and step > 0 else 0
             continue
         bright = inside & (smooth[box] > threshold_otsu(values))
         dark = inside & ~bright
         high, low = float(np.median(smooth[box][bright])), float(np.median(smooth[box][dark]))
-        step = abs(float(np.median(values)) - background) if background is not None else 0.0
         if max(high - low, step) < MIN_CONTRAST * noise:  # no contrast within it, nor with the background
             continue
         depth = ndimage.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1]

@@ -45,11 +45,13 @@ def read(path: Union[str, Path]) -> Dict[str, Any]:
 
 
 def load(path: Union[str, Path], device: Union[str, torch.device, None] = None) -> UNet:
-    """The trained U-Net stored in a checkpoint file (or in ``<dir>/checkpoint.pt``), in eval mode."""
+    """The trained U-Net stored in a checkpoint file (or in ``<dir>/checkpoint.pt``), in eval mode, with
+    the scale its training images were resized by as ``model.training_scale``."""
     state = read(path)
     model = UNet(**UNetConfig(**state["model_config"]).to_dict())
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:
         raise ValueError(f"checkpoint {path} does not match its model configuration: {error}") from error
+    model.training_scale = float(state.get("config", {}).get("scale", 1.0))  # see segment(scale=None)
     return model.to(device or "cpu").eval()

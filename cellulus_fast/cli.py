@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grow", type=float, default=3.0)
     p.add_argument("--shrink", type=float, default=6.0)
     p.add_argument("--min-size", type=int, default=None)
-    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--scale", type=float, default=None,
+                   help="resize images by this factor first (default: the scale the model was trained at)")
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--save-uncertainty", action="store_true")

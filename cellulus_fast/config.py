@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
+from .data import check_scale
+
 
 @dataclass
 class TrainConfig:
@@ -15,7 +17,10 @@ class TrainConfig:
 
     An *epoch* is ``steps_per_epoch`` optimiser steps; by default enough crops to cover the training
     images' total area once: ``ceil(total pixels / (batch_size * crop_size**2))`` steps (at least one).
-    The learning rate is divided by 10 after each epoch listed in ``milestones``.
+    The learning rate is divided by 10 after each epoch listed in ``milestones``. ``scale`` resizes every
+    image before training (the paper rescales data so objects are comfortably larger than the network's
+    16 px field of view); the checkpoint records it and :func:`cellulus_fast.segment` applies the same
+    scale by default.
     """
 
     epochs: int = 50
@@ -40,6 +45,7 @@ class TrainConfig:
     resume: bool = False
     checkpoint_every: Optional[int] = None
     amp: bool = False
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
         self.milestones = tuple(int(m) for m in self.milestones)
@@ -57,6 +63,7 @@ class TrainConfig:
                      (lambda v: v > 0) if low_open else (lambda v: v >= 0), "> 0" if low_open else ">= 0")
         _require("density", self.density, (int, float), lambda v: 0 < v <= 1, "in (0, 1]")
         _require("kappa", self.kappa, (int, float), lambda v: v >= 1, ">= 1")
+        self.scale = check_scale(self.scale)
         if self.nonlinearity not in ("sigmoid", "gaussian"):
             raise ValueError(f"nonlinearity must be 'sigmoid' or 'gaussian', got {self.nonlinearity!r}")
         for name in ("detach_reference", "resume", "amp"):

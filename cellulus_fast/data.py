@@ -241,6 +241,30 @@ def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8, eps: floa
     return ((x - lo) / (hi - lo + np.float32(eps))).astype(np.float32, copy=False)
 
 
+SCALE_RANGE = (1 / 16, 16.0)  # beyond it an image shrinks to nothing or grows past any memory
+
+
+def check_scale(scale: Any) -> float:
+    """``scale`` as a float if it is a finite number in :data:`SCALE_RANGE`, else a ValueError."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
+            or not SCALE_RANGE[0] <= float(scale) <= SCALE_RANGE[1]:
+        raise ValueError(f"scale must be a number in [1/16, 16], got {scale!r}")
+    return float(scale)
+
+
+def rescale(image: np.ndarray, scale: float) -> np.ndarray:
+    """A (C, *spatial) image resized by ``scale`` along each spatial axis (linear interpolation,
+    anti-aliased when shrinking), as float32; the image itself when ``scale`` is 1. Labels go back with
+    :func:`cellulus_fast.segment.segment`'s nearest-neighbour resize."""
+    if scale == 1:
+        return image
+    from skimage.transform import resize
+
+    target = tuple(max(1, round(n * scale)) for n in image.shape[1:])
+    return resize(image, image.shape[:1] + target, order=1, preserve_range=True,
+                  anti_aliasing=scale < 1).astype(np.float32)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Random crops
 # ----------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from skimage.transform import resize
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .data import load_images, normalize
+from .data import check_scale, load_images, normalize, rescale
 from .foreground import check_rule, intensity_foreground, judge_detections, refine_by_intensity, uncertainty_foreground
 from .models import UNet
 from .ops import mean_shift_labels
@@ -44,8 +44,7 @@ def derive_parameters(object_diameter: float, *, bandwidth: Union[float, Sequenc
     pixels of the input images; with ``scale`` != 1 they are converted to the rescaled grid."""
     if not (isinstance(object_diameter, (int, float)) and math.isfinite(object_diameter) and object_diameter > 0):
         raise ValueError(f"object_diameter must be a positive number of pixels, got {object_diameter!r}")
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be > 0, got {scale!r}")
+    scale = check_scale(scale)
     diameter = object_diameter * scale
     if bandwidth is None:
         bandwidths = [0.5 * diameter]
@@ -175,14 +174,15 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
             bandwidth: Union[float, Sequence[float], None] = None, threshold: Optional[float] = None,
             foreground: str = "auto",
             num_noise_passes: int = 16, grow: float = 3.0, shrink: float = 6.0, min_size: Optional[int] = None,
-            scale: float = 1.0, device: Union[str, torch.device, None] = None, batch_size: int = 4,
+            scale: Optional[float] = None, device: Union[str, torch.device, None] = None, batch_size: int = 4,
             fit_fraction: Optional[float] = 0.1, seed: int = 0, axes: Optional[str] = None,
             progress: bool = True, return_predictions: bool = False) -> Any:
     """Instance labels of images with a trained model (or a checkpoint path).
 
-    Each image is normalised as in training, optionally rescaled by ``scale`` (the paper rescales so cells
-    are comfortably larger than the 16 px field of view; labels are mapped back to the original grid by
-    nearest-neighbour resizing), predicted in tiles with ``num_noise_passes`` noise passes per value, and
+    Each image is normalised as in training, resized by ``scale`` (by default the scale the model was
+    trained at, ``train(..., scale=...)``, recorded in its checkpoint; another value warns, since objects then
+    look to the network unlike in training; labels are mapped back to the original grid by nearest-neighbour
+    resizing), predicted in tiles with ``num_noise_passes`` noise passes per value, and
     segmented: foreground by the rule ``foreground`` (:mod:`cellulus_fast.foreground`: the default
     ``"auto"`` clusters the low-uncertainty pixels and judges each detection on the image's intensity;
     ``"uncertainty"`` is the paper's rule, uncertainty < Otsu's threshold or ``threshold``, with the halo
@@ -208,9 +208,15 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
         check_real("fit_fraction", fit_fraction, low=0.0, high=1.0, low_open=True)
     # every option checked (with a stand-in diameter when it is to be measured) before any work
     derive_parameters(object_diameter if object_diameter is not None else DIAMETER_START, bandwidth=bandwidth,
-                      min_size=min_size, grow=grow, shrink=shrink, scale=scale)
+                      min_size=min_size, grow=grow, shrink=shrink, scale=1.0 if scale is None else scale)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = _as_model(model_or_checkpoint, device)
+    trained_at = float(getattr(model, "training_scale", 1.0))
+    if scale is None:
+        scale = trained_at
+    elif not math.isclose(scale, trained_at, rel_tol=1e-6):
+        warnings.warn(f"scale={scale:g} but the model was trained at scale {trained_at:g}: objects will look "
+                      "larger or smaller to the network than in training")
     data = load_images(images, axes=axes, min_size=model.context + 2 if scale == 1 else 0)
     single = len(data) == 1 and (isinstance(images, (str, Path, np.ndarray, torch.Tensor)))
     if data[0].shape[0] != model.config.in_channels:
@@ -219,11 +225,7 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
     results, predictions = [], []
     for image in tqdm(data, desc="segmenting", unit="image", disable=not progress or len(data) < 2):
         original = image.shape[1:]
-        image = normalize(image)
-        if scale != 1:
-            target = tuple(max(1, round(s * scale)) for s in original)
-            image = resize(image, (image.shape[0],) + target, order=1, preserve_range=True,
-                           anti_aliasing=scale < 1).astype(np.float32)
+        image = rescale(normalize(image), scale)
         prediction = predict(model, image, num_noise_passes=num_noise_passes, batch_size=batch_size,
                              device=device, seed=seed)
         diameter = object_diameter

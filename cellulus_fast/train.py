@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .data import CropSampler, load_images, normalize
+from .data import CropSampler, load_images, normalize, rescale
 from .models import UNet
 from .ops import oce_loss
 
@@ -135,7 +135,12 @@ def train(images: Any, output_dir: Union[str, Path], *, preset: Optional[str] = 
     # Everything that can fail on bad input happens before anything is written.
     model = UNet(num_fmaps=1, fmap_inc_factor=1, depth=config.depth)  # the geometry only depends on depth
     field_of_view = model.context + 2
-    data = [normalize(image) for image in load_images(images, axes=axes, min_size=field_of_view)]
+    data = [rescale(normalize(image), config.scale)
+            for image in load_images(images, axes=axes, min_size=field_of_view if config.scale == 1 else 0)]
+    small = [i for i, image in enumerate(data) if min(image.shape[1:]) < field_of_view]
+    if small:
+        raise ValueError(f"image {small[0]} is {'x'.join(map(str, data[small[0]].shape[1:]))} px after scale "
+                         f"{config.scale:g}, smaller than the network's field of view ({field_of_view} px)")
     channels = data[0].shape[0]
     crop = model.valid_size(config.crop_size)
     if crop != config.crop_size:
@@ -225,4 +230,5 @@ def train(images: Any, output_dir: Union[str, Path], *, preset: Optional[str] = 
     if rank == 0 and losses:
         _plot_losses(losses, output_dir / "loss.png")
     model.eval()
+    model.training_scale = config.scale  # segment() applies it by default, as for a loaded checkpoint
     return TrainResult(model=model, checkpoint=path, losses=losses)

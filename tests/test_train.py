@@ -112,6 +112,30 @@ def test_presets(tmp_path, tiny_images):
     assert written.num_fmaps == 16 and written.learning_rate == 3e-4 and len(result.losses) == 2
 
 
+def test_scale_is_trained_recorded_and_reapplied(tiny_images, tmp_path, tiny):
+    images, _ = tiny_images
+    result = train(images, tmp_path / "run", scale=0.75, progress=False, **tiny)
+    assert result.model.training_scale == 0.75
+    assert TrainConfig.from_toml(tmp_path / "run" / "config.toml").scale == 0.75
+    loaded = checkpoint.load(tmp_path / "run")
+    assert loaded.training_scale == 0.75
+    labels, prediction = cellulus_fast.segment(loaded, images[0], object_diameter=30.0, num_noise_passes=1,
+                                               progress=False, return_predictions=True)
+    assert labels.shape == images[0].shape  # back on the input grid
+    assert prediction.uncertainty.shape == (72, 72)  # predicted on the training grid: 96 px x 0.75
+    with pytest.warns(UserWarning, match="trained at scale 0.75"):
+        cellulus_fast.segment(loaded, images[0], object_diameter=30.0, num_noise_passes=1, scale=1.0,
+                              progress=False)
+    for bad in (0, -1.0, float("nan"), 100, "2", True):
+        with pytest.raises(ValueError, match="scale must be"):
+            TrainConfig(scale=bad)
+        with pytest.raises(ValueError, match="scale must be"):
+            cellulus_fast.segment(loaded, images[0], scale=bad, progress=False)
+    with pytest.raises(ValueError, match="field of view"):
+        train(images, tmp_path / "small", scale=0.1, progress=False, **tiny)
+    assert not (tmp_path / "small").exists()
+
+
 def _bad_sources(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -1,8 +1,8 @@
 """cellulus-fast: fast, exact CELLULUS (self-supervised cell instance segmentation with object-centric
 embeddings) as a C++/CUDA PyTorch extension.
 
-    model = cellulus_fast.train(images, "run/").model
-    labels = cellulus_fast.segment(model, images, object_diameter=30)
+    model = cellulus_fast.train(images, "run/", preset="fast").model   # preset="paper" (default) on a GPU
+    labels = cellulus_fast.segment(model, images)   # object size and foreground measured on each image
     print(cellulus_fast.evaluate(ground_truth, labels).format_table())
 """
 from . import ops

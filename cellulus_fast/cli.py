@@ -26,21 +26,31 @@ def _bool(text: str) -> bool:
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    """One --flag per TrainConfig field, same names (dashes for underscores); unset flags keep the config's."""
+    """One --flag per TrainConfig field, same names (dashes for underscores); unset flags keep the preset's
+    (or the TOML file's) value. The help shows the default of the "paper" preset and any other preset's."""
     defaults = TrainConfig()
+
+    def shown(name: str, value: Any) -> str:
+        value = list(value) if isinstance(value, tuple) else value
+        words = ({"steps_per_epoch": "one pass over the images' area", "checkpoint_every": "one epoch"}[name]
+                 if value is None and name in ("steps_per_epoch", "checkpoint_every") else value)
+        others = [f"{preset}: {list(v) if isinstance(v, tuple) else v}" for preset, values in PRESETS.items()
+                  if name in values for v in [values[name]]]
+        return f"(default {words}" + ("; " + ", ".join(others) if others else "") + ")"
+
     for field in dataclasses.fields(TrainConfig):
         default = getattr(defaults, field.name)
         flag = "--" + field.name.replace("_", "-")
         if isinstance(default, bool):
-            parser.add_argument(flag, type=_bool, default=None, metavar="BOOL", help=f"(default {default})")
+            parser.add_argument(flag, type=_bool, default=None, metavar="BOOL", help=shown(field.name, default))
         elif isinstance(default, tuple):
-            parser.add_argument(flag, type=int, nargs="*", default=None, help=f"(default {list(default)})")
+            parser.add_argument(flag, type=int, nargs="*", default=None, help=shown(field.name, default))
         elif field.name in ("steps_per_epoch", "checkpoint_every"):
-            parser.add_argument(flag, type=int, default=None, help="(default: one epoch)")
+            parser.add_argument(flag, type=int, default=None, help=shown(field.name, default))
         elif field.name == "device":
             parser.add_argument(flag, default=None, help="(default: cuda if available, else cpu)")
         else:
-            parser.add_argument(flag, type=type(default), default=None, help=f"(default {default})")
+            parser.add_argument(flag, type=type(default), default=None, help=shown(field.name, default))
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
@@ -177,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--foreground", choices=FOREGROUND_RULES, default="auto",
                    help="foreground rule (see cellulus_fast.foreground; 'uncertainty' is the paper's rule)")
     p.add_argument("--num-noise-passes", type=int, default=16)
-    p.add_argument("--grow", type=float, default=3.0)
-    p.add_argument("--shrink", type=float, default=6.0)
+    p.add_argument("--grow", type=float, default=3.0, help="halo correction, --foreground uncertainty only")
+    p.add_argument("--shrink", type=float, default=6.0, help="halo correction, --foreground uncertainty only")
     p.add_argument("--min-size", type=int, default=None)
     p.add_argument("--scale", type=float, default=None,
                    help="resize images by this factor first (default: the scale the model was trained at)")

@@ -21,6 +21,7 @@
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Iterator, Optional, Tuple
 
 import numpy as np
@@ -39,6 +40,7 @@ MIN_CONTRAST = 3.0
 # quantile, not the median: where a detection has only a thin halo, its dark part is mostly blurred rim.)
 BACKGROUND_LIKE = 0.25
 HALO_QUANTILE = 25.0
+FLAT = 1e-6  # a detection whose smoothed (normalised) values span less is flat: Otsu needs a range
 
 
 def check_rule(rule: str) -> str:
@@ -83,7 +85,7 @@ def refine_by_intensity(labels: np.ndarray, image: Any, sigma: float = SMOOTHING
     smooth = ndimage.gaussian_filter(grey(image), sigma)
     out = np.zeros_like(labels)
     for k, box, inside, values in _detections(labels, smooth):
-        keep = inside if np.ptp(values) == 0 else inside & (smooth[box] > threshold_otsu(values))
+        keep = inside if np.ptp(values) < FLAT else inside & (smooth[box] > threshold_otsu(values))
         out[box][keep] = k
     return out
 
@@ -105,7 +107,29 @@ def noise_sigma(image: Any) -> float:
     return float(1.4826 * np.median(np.abs(response)) / 6.0)
 
 
-def judge_detections(labels: np.ndarray, image: Any, sigma: float = SMOOTHING) -> np.ndarray:
+def smoothed_noise(image: Any, scale: float = 1.0, sigma: float = SMOOTHING) -> float:
+    """Noise standard deviation of :func:`grey` ``(image)`` once resized by ``scale`` (as
+    :func:`cellulus_fast.data.rescale` does) and smoothed with a Gaussian of ``sigma`` px: the pixel noise
+    measured on the image as given (resampling correlates neighbouring pixels, and the Laplacian estimate of
+    :func:`noise_sigma` would then see too little noise) times the pipeline's gain on white noise."""
+    return noise_sigma(image) * _noise_gain(float(scale), float(sigma))
+
+
+@lru_cache(maxsize=32)
+def _noise_gain(scale: float, sigma: float) -> float:
+    if scale == 1:  # exact: a Gaussian of sigma s averages white noise down by 2 s sqrt(pi)
+        return 1 / (2 * sigma * np.sqrt(np.pi)) if sigma > 0 else 1.0
+    from .data import rescale
+
+    white = np.random.default_rng(0).standard_normal((1, 256, 256)).astype(np.float32)
+    field = rescale(white, scale)[0]
+    field = ndimage.gaussian_filter(field, sigma) if sigma > 0 else field
+    margin = max(2, int(4 * sigma))  # away from the borders the filters reflect at
+    return float(field[margin:-margin, margin:-margin].std())
+
+
+def judge_detections(labels: np.ndarray, image: Any, sigma: float = SMOOTHING,
+                     noise: Optional[float] = None) -> np.ndarray:
     """The ``"auto"`` rule's decision per detection of ``labels`` (clusters of the uncertainty foreground,
     not halo-corrected), on the smoothed intensity: split at Otsu's threshold of its own values into a
     bright and a dark part, then
@@ -116,17 +140,20 @@ def judge_detections(labels: np.ndarray, image: Any, sigma: float = SMOOTHING) -
       than the dark part and the dark part holds background (its :data:`HALO_QUANTILE` percentile within
       :data:`BACKGROUND_LIKE` of the way from the background level to the bright part's median; never with
       fewer than 1% of the pixels outside all detections: then there is no background level);
-    * kept whole otherwise.
+    * kept whole otherwise (its halo of low uncertainty, if any, included: there is no halo correction).
+
+    ``noise`` is the noise standard deviation of the smoothed image; by default :func:`smoothed_noise` of
+    ``image`` as it is (pass it measured on the original image when ``image`` was resized).
     """
     smooth = ndimage.gaussian_filter(grey(image), sigma)
-    # the noise of the smoothed image: a Gaussian of sigma s averages white noise down by 2 s sqrt(pi)
-    noise = noise_sigma(image) / (2 * sigma * np.sqrt(np.pi)) if sigma > 0 else noise_sigma(image)
+    if noise is None:
+        noise = smoothed_noise(image, 1.0, sigma)
     outside = labels == 0
     background = float(np.median(smooth[outside])) if outside.mean() >= 0.01 else None
     out = np.zeros_like(labels)
     for k, box, inside, values in _detections(labels, smooth):
         step = abs(float(np.median(values)) - background) if background is not None else 0.0
-        if np.ptp(values) == 0:  # flat: an object only if it stands out from the background
+        if np.ptp(values) < FLAT:  # flat: an object only if it stands out from the background
             out[box][inside] = k if step >= MIN_CONTRAST * noise and step > 0 else 0
             continue
         bright = inside & (smooth[box] > threshold_otsu(values))

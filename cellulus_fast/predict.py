@@ -19,6 +19,8 @@ from .models import UNet
 class Prediction:
     offsets: np.ndarray       # (D, *spatial) float32 mean offsets over the noise passes
     uncertainty: np.ndarray   # (*spatial) float32: sum over channels of the per-channel std over the passes
+    # set by segment() when it measured the object diameter (px of the input image), else None
+    object_diameter: Optional[float] = None
 
     def embeddings(self) -> np.ndarray:
         """(D, *spatial) absolute embeddings: pixel coordinate + mean offset (channel d along axis d)."""

@@ -1,6 +1,7 @@
 """Instance segmentation with a trained CELLULUS network: uncertainty -> foreground, mean-shift on the
-embeddings -> instances, halo correction and a minimum size. Every parameter derives from one
-``object_diameter`` unless given."""
+embeddings -> instances, each judged on the image's intensity (or the paper's halo correction), a minimum
+size. Every parameter derives from one ``object_diameter`` unless given, and that is measured on each image
+unless given."""
 from __future__ import annotations
 
 import math
@@ -19,7 +20,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .data import check_scale, load_images, normalize, rescale
-from .foreground import check_rule, intensity_foreground, judge_detections, refine_by_intensity, uncertainty_foreground
+from .foreground import (check_rule, intensity_foreground, judge_detections, refine_by_intensity, smoothed_noise,
+                         uncertainty_foreground)
 from .models import UNet
 from .ops import mean_shift_labels
 from .ops._checks import check_int, check_real
@@ -79,21 +81,35 @@ DIAMETER_PASSES = 2
 
 def estimate_diameter(prediction: Prediction, image: Optional[np.ndarray] = None, *, foreground: str = "auto",
                       threshold: Optional[float] = None, start: float = DIAMETER_START,
-                      passes: int = DIAMETER_PASSES, fit_fraction: Optional[float] = 0.1, seed: int = 0,
+                      passes: int = DIAMETER_PASSES, grow: float = 3.0, shrink: float = 6.0,
+                      noise: Optional[float] = None, fit_fraction: Optional[float] = 0.1, seed: int = 0,
                       device: Union[str, torch.device, None] = None) -> Optional[float]:
-    """The typical object diameter (px, on the prediction's grid) from the prediction alone: segment with
-    the parameters of a ``start`` diameter, measure the median equivalent diameter of the objects found,
-    and repeat with that diameter (``passes`` times in all). None when no object is found."""
+    """The typical object diameter (px, on the prediction's grid), measured with the segmentation itself:
+    segment with the parameters of a ``start`` diameter, take the median equivalent diameter of the objects
+    found, and repeat with that diameter (``passes`` times in all). When the first pass finds nothing it is
+    retried once from half of ``start`` (its minimum size keeps smaller objects); when a later pass finds
+    nothing, the last measurement stands. None when no object is found at all. The other arguments are
+    :func:`instances`' (``image`` is needed by every foreground rule but ``"uncertainty"``)."""
     check_int("passes", passes, low=1)
-    diameter = float(start)
-    for _ in range(passes):
-        labels = instances(prediction, derive_parameters(diameter), threshold=threshold, foreground=foreground,
-                           image=image, fit_fraction=fit_fraction, seed=seed, device=device)[0]
-        found = equivalent_diameter(labels)
+    check_real("start", start, low=0.0, low_open=True)
+
+    def measure(diameter: float) -> Optional[float]:
+        labels = instances(prediction, derive_parameters(diameter, grow=grow, shrink=shrink), threshold=threshold,
+                           foreground=foreground, image=image, noise=noise, fit_fraction=fit_fraction, seed=seed,
+                           device=device)[0]
+        return equivalent_diameter(labels)
+
+    measured = measure(float(start))
+    if measured is None:  # perhaps objects below the first pass's minimum size
+        measured = measure(start / 2)
+    if measured is None:
+        return None
+    for _ in range(passes - 1):
+        found = measure(measured)
         if found is None:
-            return None
-        diameter = found
-    return diameter
+            break
+        measured = found
+    return measured
 
 
 def halo_correction(labels: np.ndarray, grow: float, shrink: float) -> np.ndarray:
@@ -122,13 +138,15 @@ def size_filter(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 def instances(prediction: Prediction, params: Parameters, *, threshold: Optional[float] = None,
               foreground: str = "auto", image: Optional[np.ndarray] = None,
-              fit_fraction: Optional[float] = 0.1, seed: int = 0, device: Union[str, torch.device, None] = None,
+              noise: Optional[float] = None, fit_fraction: Optional[float] = 0.1, seed: int = 0,
+              device: Union[str, torch.device, None] = None,
               clusterer: Callable[..., torch.Tensor] = mean_shift_labels) -> List[np.ndarray]:
     """Label images (one per bandwidth) from a prediction. ``foreground`` is one of
     :data:`cellulus_fast.foreground.RULES` (all but ``"uncertainty"`` need the ``image`` the prediction
-    was made from); ``threshold`` replaces Otsu's threshold of the uncertainty map. The halo correction
-    (``params.grow`` / ``params.shrink``) applies to the ``"uncertainty"`` rule only: the others remove the
-    halo by intensity. ``clusterer`` has the signature of :func:`cellulus_fast.ops.mean_shift_labels`
+    was made from; ``noise`` goes to :func:`~cellulus_fast.foreground.judge_detections`); ``threshold``
+    replaces Otsu's threshold of the uncertainty map. The halo correction (``params.grow`` /
+    ``params.shrink``) applies to the ``"uncertainty"`` rule only: the others remove the halo by
+    intensity. ``clusterer`` has the signature of :func:`cellulus_fast.ops.mean_shift_labels`
     (benchmarks pass scikit-learn's pipeline here)."""
     check_rule(foreground)
     if foreground != "uncertainty" and image is None:
@@ -155,7 +173,7 @@ def instances(prediction: Prediction, params: Parameters, *, threshold: Optional
         elif foreground == "refined":
             labels = refine_by_intensity(labels, image)
         elif foreground == "auto":
-            labels = judge_detections(labels, image)
+            labels = judge_detections(labels, image, noise=noise)
         out.append(size_filter(labels, params.min_size))
     return out
 
@@ -193,7 +211,8 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
     ``object_diameter`` (px of the input images) sets the bandwidth (half of it) and the minimum size (10% of
     its disc) unless those are given (:func:`derive_parameters`). By default (None) it is measured on each
     image from its own prediction (:func:`estimate_diameter`: the median size of the objects found with a
-    large first guess, then once more with that size) and reported when ``progress`` is on.
+    first guess of 32 px, then once more with that size), reported when ``progress`` is on and kept as
+    ``prediction.object_diameter`` (``return_predictions=True``); a warning when no object is found.
 
     Returns:
         A uint16 (uint32 if needed) label image per image (0 = background), with the input's spatial shape;
@@ -225,21 +244,29 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
     results, predictions = [], []
     for image in tqdm(data, desc="segmenting", unit="image", disable=not progress or len(data) < 2):
         original = image.shape[1:]
-        image = rescale(normalize(image), scale)
+        image = normalize(image)
+        # the intensity rules' noise level, measured before resampling correlates the noise
+        noise = smoothed_noise(image, scale) if scale != 1 and foreground == "auto" else None
+        image = rescale(image, scale)
         prediction = predict(model, image, num_noise_passes=num_noise_passes, batch_size=batch_size,
                              device=device, seed=seed)
         diameter = object_diameter
-        if diameter is None:
-            measured = estimate_diameter(prediction, image, foreground=foreground, threshold=threshold,
-                                         fit_fraction=fit_fraction, seed=seed, device=device)
+        if diameter is None and (bandwidth is None or min_size is None):  # else it would not be used
+            measured = estimate_diameter(prediction, image, foreground=foreground, threshold=threshold, grow=grow,
+                                         shrink=shrink, noise=noise, fit_fraction=fit_fraction, seed=seed,
+                                         device=device)
+            if measured is None:
+                warnings.warn(f"image {len(results) + 1}: no object found to measure the object diameter; "
+                              f"using {DIAMETER_START / scale:g} px (pass object_diameter to choose)")
+            else:
+                prediction.object_diameter = measured / scale
+                if progress:
+                    tqdm.write(f"image {len(results) + 1}: object diameter {measured / scale:.1f} px (measured)")
             diameter = (DIAMETER_START if measured is None else measured) / scale
-            if progress:
-                tqdm.write(f"image {len(results) + 1}: object diameter "
-                           + (f"{diameter:.1f} px (measured)" if measured else "not measured: no object found"))
-        params = derive_parameters(diameter, bandwidth=bandwidth, min_size=min_size, grow=grow, shrink=shrink,
-                                   scale=scale)
+        params = derive_parameters(diameter if diameter is not None else DIAMETER_START / scale,
+                                   bandwidth=bandwidth, min_size=min_size, grow=grow, shrink=shrink, scale=scale)
         labels = instances(prediction, params, threshold=threshold, foreground=foreground, image=image,
-                           fit_fraction=fit_fraction, seed=seed, device=device)
+                           noise=noise, fit_fraction=fit_fraction, seed=seed, device=device)
         if scale != 1:
             labels = [resize(l, original, order=0, preserve_range=True, anti_aliasing=False).astype(l.dtype)
                       for l in labels]

@@ -128,6 +128,10 @@ def train(images: Any, output_dir: Union[str, Path], *, preset: Optional[str] = 
     if preset is not None and config is not None:
         raise ValueError("give a preset or a config, not both")
     config = (config or TrainConfig.preset(preset or "paper")).replace(**options)
+    late = [m for m in config.milestones if m >= config.epochs]
+    if late:
+        warnings.warn(f"milestones {late} are not before the last epoch ({config.epochs}): the learning rate "
+                      "is not lowered there")
     output_dir = Path(output_dir)
     rank, world = _distributed()
     device = _device(config.device, rank)

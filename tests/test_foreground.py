@@ -7,8 +7,9 @@ from skimage.draw import disk
 
 from cellulus_fast.datasets import synthetic_embeddings
 from cellulus_fast.evaluate import evaluate
+from cellulus_fast.data import rescale
 from cellulus_fast.foreground import (intensity_foreground, judge_detections, noise_sigma, refine_by_intensity,
-                                     uncertainty_foreground)
+                                     smoothed_noise, uncertainty_foreground)
 from cellulus_fast.predict import Prediction
 from cellulus_fast.segment import derive_parameters, instances
 
@@ -140,3 +141,26 @@ def test_judge_detections_without_background_keeps_whole_cells():
     judged = judge_detections(full, image)
     assert ((judged == 1) & (truth == 1)).sum() == (truth == 1).sum()  # whole, halo included
     assert (judged == 1).sum() > 1.5 * (truth == 1).sum()
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.0, 2.0])
+def test_smoothed_noise_follows_resampling(scale):
+    rng = np.random.default_rng(3)
+    image = 100.0 + rng.normal(0, 10.0, (1, 200, 200))
+    image[0, 50:150, 50:150] += 500.0  # an object: grey() normalises to the image's range
+    from cellulus_fast.foreground import grey
+
+    smooth = ndimage.gaussian_filter(grey(rescale(image.astype(np.float32), scale)), 1.0)
+    m = int(20 * scale)
+    background = smooth[m:int(45 * scale), m:-m]  # a background strip, away from object and borders
+    assert smoothed_noise(image, scale) == pytest.approx(background.std(), rel=0.15)
+
+
+def test_background_detections_are_dropped_on_a_resized_image():
+    rng = np.random.default_rng(4)
+    image = rescale(rng.normal(100.0, 10.0, (1, 120, 120)).astype(np.float32), 2.0)  # pure noise, upsampled
+    labels = np.zeros(image.shape[1:], np.int64)
+    labels[20:80, 20:80], labels[120:200, 120:200] = 1, 2  # two clusters of background
+    assert judge_detections(labels, image).max() > 0  # noise measured on the resampled image: too low
+    noise = smoothed_noise(rng.normal(100.0, 10.0, (1, 120, 120)), 2.0)
+    assert judge_detections(labels, image, noise=noise).max() == 0

@@ -145,6 +145,14 @@ def test_estimate_diameter_of_discs():
         assert estimate_diameter(empty, np.zeros((1, 32, 32), np.float32)) is None
     with pytest.raises(ValueError, match="passes"):
         estimate_diameter(prediction, image[None], passes=0)
+    # objects below the first pass's minimum size (80 px): found on the retry from half the start
+    emb, fg, labels = synthetic_embeddings(size=128, num_cells=30, diameter=8.0, noise=0.5, seed=6)
+    grid = np.stack(np.meshgrid(np.arange(128), np.arange(128), indexing="ij"))
+    small = Prediction(offsets=(emb.numpy() - grid).astype(np.float32),
+                       uncertainty=np.where(fg.numpy(), 1.0, 4.0).astype(np.float32))
+    image = np.where(labels > 0, 1.0, 0.1) + np.random.default_rng(7).normal(0, 0.05, labels.shape)
+    measured = estimate_diameter(small, image[None].astype(np.float32))
+    assert abs(measured / equivalent_diameter(labels) - 1) < 0.15, measured
 
 
 def test_equivalent_diameter():
@@ -161,7 +169,8 @@ def test_segment_errors(model, tmp_path):
     image = np.random.rand(40, 40).astype(np.float32)
     for bad, match in ((dict(num_noise_passes=-1), "num_noise_passes"), (dict(batch_size=0), "batch_size"),
                        (dict(fit_fraction=0.0), "fit_fraction"), (dict(object_diameter=-5), "object_diameter"),
-                       (dict(foreground="magic"), "foreground")):
+                       (dict(foreground="magic"), "foreground"), (dict(bandwidth=-1.0), "bandwidth"),
+                       (dict(min_size=-1), "min_size"), (dict(scale=0.0), "scale")):
         with pytest.raises(ValueError, match=match):
             segment(model, image, progress=False, **bad)
     with pytest.raises(ValueError, match="min_size|smaller|10"):

@@ -110,6 +110,9 @@ def test_presets(tmp_path, tiny_images):
                    milestones=(), kappa=5.0, progress=False)
     written = TrainConfig.from_toml(tmp_path / "run" / "config.toml")
     assert written.num_fmaps == 16 and written.learning_rate == 3e-4 and len(result.losses) == 2
+    with pytest.warns(UserWarning, match=r"milestones \[15\] are not before the last epoch"):
+        train(tiny_images[0], tmp_path / "late", preset="fast", epochs=2, steps_per_epoch=1, crop_size=64,
+              kappa=5.0, progress=False)
 
 
 def test_scale_is_trained_recorded_and_reapplied(tiny_images, tmp_path, tiny):

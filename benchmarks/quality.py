@@ -109,7 +109,7 @@ def run_methods(model, images: List[np.ndarray], gt: List[np.ndarray], diameter:
     for i, (image, labels, prediction) in enumerate(zip(images, gt, predictions)):
         out["cellulus-fast"].append(np.asarray(ours[i]))
         normalised = normalize(np.asarray(image, np.float32)[None])
-        out["measured diameters"].append(estimate_diameter(prediction, normalised))  # as segment() did
+        out["measured diameters"].append(prediction.object_diameter)  # what segment() measured and used
         for method, rule in list(OURS.items())[1:]:
             out[method].append(instances(prediction, params, foreground=rule, image=normalised)[0])
         if reference:

@@ -13,11 +13,21 @@ from .models import UNet, UNetConfig
 FORMAT = "cellulus-fast-checkpoint-1"
 
 
+def plain_file_mode() -> int:
+    """The permissions a plain ``open(path, "w")`` gives a new file (0666 less the umask). Temporary files
+    are created 0600; files renamed into place get this instead, so colleagues on a shared server can read
+    the results whenever they could read a plainly written file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_atomic(state: Dict[str, Any], path: Union[str, Path]) -> Path:
     """torch.save to a temporary file in the same folder, then rename: readers never see a partial file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, plain_file_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, **state}, f)
         os.replace(tmp, path)

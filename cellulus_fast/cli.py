@@ -78,7 +78,10 @@ def _stem(name: str, index: int, taken: set) -> str:
 def _write_tiff(path: Path, array: np.ndarray) -> None:
     import tifffile
 
+    from .checkpoint import plain_file_mode
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tif")
+    os.fchmod(fd, plain_file_mode())
     os.close(fd)
     try:
         tifffile.imwrite(tmp, array)

@@ -19,6 +19,7 @@ from skimage.transform import resize
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from ._progress import progress_bar
 from .data import check_scale, load_images, normalize, rescale
 from .foreground import (check_rule, intensity_foreground, judge_detections, refine_by_intensity, smoothed_noise,
                          uncertainty_foreground)
@@ -242,7 +243,7 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
         raise ValueError(f"the model expects {model.config.in_channels} channel(s), the images have "
                          f"{data[0].shape[0]}")
     results, predictions = [], []
-    for image in tqdm(data, desc="segmenting", unit="image", disable=not progress or len(data) < 2):
+    for image in progress_bar(data, desc="segmenting", unit="image", disable=not progress or len(data) < 2):
         original = image.shape[1:]
         image = normalize(image)
         # the intensity rules' noise level, measured before resampling correlates the noise

@@ -11,9 +11,9 @@ from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from ._progress import progress_bar
 from .config import TrainConfig
 from .data import CropSampler, load_images, normalize, rescale
 from .models import UNet
@@ -205,7 +205,7 @@ def train(images: Any, output_dir: Union[str, Path], *, preset: Optional[str] = 
 
     if rank == 0:
         (output_dir / "config.toml").write_text(config.to_toml())
-    bar = tqdm(total=total_steps, initial=start, desc="training", disable=not progress or rank != 0,
+    bar = progress_bar(total=total_steps, initial=start, desc="training", disable=not progress or rank != 0,
                unit="step")
     model.train()
     step = start

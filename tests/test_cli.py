@@ -1,5 +1,6 @@
 """The command line: train (flags and TOML), segment, evaluate; errors exit with code 2."""
 import json
+import os
 
 import numpy as np
 import tifffile
@@ -32,6 +33,7 @@ def test_train_segment_evaluate(tmp_path, capsys):
     names = sorted(p.name for p in (tmp_path / "seg").iterdir())
     assert names == ["t000_embeddings.tif", "t000_labels.tif", "t000_overlay.png", "t000_uncertainty.tif",
                      "t001_embeddings.tif", "t001_labels.tif", "t001_overlay.png", "t001_uncertainty.tif"]
+    assert (tmp_path / "seg" / "t000_labels.tif").stat().st_mode & 0o777 == 0o666 & ~_umask()
     label = tifffile.imread(tmp_path / "seg" / "t000_labels.tif")
     assert label.shape == (96, 96) and label.dtype == np.uint16
     capsys.readouterr()
@@ -41,6 +43,12 @@ def test_train_segment_evaluate(tmp_path, capsys):
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert metrics  # perfect self-match written
     assert (tmp_path / "m" / "metrics.csv").read_text().startswith("threshold")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_errors_exit_2_and_write_nothing(tmp_path, capsys):

@@ -139,6 +139,23 @@ def test_scale_is_trained_recorded_and_reapplied(tiny_images, tmp_path, tiny):
     assert not (tmp_path / "small").exists()
 
 
+def test_outputs_are_readable_as_the_umask_allows_and_logs_are_throttled(tiny_images, tmp_path, tiny):
+    from cellulus_fast._progress import LOG_INTERVAL, progress_bar
+
+    old = os.umask(0o022)
+    try:
+        train(tiny_images[0], tmp_path / "run", progress=False, **tiny)
+    finally:
+        os.umask(old)
+    for name in ("checkpoint.pt", "config.toml", "loss.csv"):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o644, name
+    import io
+
+    bar = progress_bar(range(3), file=io.StringIO())  # stderr is not a terminal under pytest
+    assert bar.mininterval == LOG_INTERVAL
+    bar.close()
+
+
 def _bad_sources(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

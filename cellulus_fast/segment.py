@@ -66,7 +66,7 @@ def equivalent_diameter(labels: Union[np.ndarray, Sequence[np.ndarray]]) -> Opti
     """Median, over all objects of one or more label images, of the diameter of the disc with the object's
     area (None when there is no object)."""
     arrays = [labels] if isinstance(labels, np.ndarray) else list(labels)
-    areas = np.concatenate([np.bincount(np.asarray(a, np.int64).ravel())[1:] for a in arrays])
+    areas = np.concatenate([np.bincount(np.asarray(a, np.int64).ravel())[1:] for a in arrays] + [np.zeros(0)])
     areas = areas[areas > 0]
     return float(np.median(2 * np.sqrt(areas / np.pi))) if len(areas) else None
 

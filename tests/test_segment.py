@@ -162,7 +162,7 @@ def test_equivalent_diameter():
     labels[45:49, 45:49] = 3  # 16 px
     assert equivalent_diameter(labels) == pytest.approx(2 * np.sqrt(100 / np.pi))
     assert equivalent_diameter([labels, np.zeros((5, 5), np.int64)]) == equivalent_diameter(labels)
-    assert equivalent_diameter(np.zeros((5, 5), np.int64)) is None
+    assert equivalent_diameter(np.zeros((5, 5), np.int64)) is None and equivalent_diameter([]) is None
 
 
 def test_segment_errors(model, tmp_path):

@@ -129,7 +129,7 @@ def thumbnail(path: Path, image: np.ndarray, gt: np.ndarray, labels: Dict[str, L
     """image with the true labels | ours | Otsu + watershed, one crop of at most box x box px."""
     from skimage.io import imsave
 
-    from cellulus_fast.cli import overlay
+    from cellulus_fast.overlay import overlay
 
     h, w = image.shape
     y, x = (h - min(h, box)) // 2, (w - min(w, box)) // 2

@@ -91,19 +91,6 @@ def _write_tiff(path: Path, array: np.ndarray) -> None:
         raise
 
 
-def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """RGB uint8 picture of a grey image with the label boundaries in colour."""
-    from skimage.color import label2rgb
-    from skimage.segmentation import find_boundaries
-
-    grey = image if image.ndim == 2 else image[0]
-    lo, hi = np.percentile(grey, (1, 99.8))
-    grey = np.clip((grey - lo) / max(hi - lo, 1e-12), 0, 1)
-    rgb = label2rgb(labels.astype(np.int64), image=grey, alpha=0.25, bg_label=0)
-    rgb[find_boundaries(labels, mode="inner")] = (1.0, 1.0, 0.0)
-    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
@@ -117,6 +104,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     from . import checkpoint
     from .data import load_images
+    from .overlay import overlay
     from .segment import segment
 
     model = checkpoint.load(args.checkpoint)  # fails before anything is written
@@ -185,20 +173,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output_dir")
     p.add_argument("--object-diameter", type=float, default=None,
                    help="typical object diameter in px (default: measured on each image)")
-    p.add_argument("--bandwidth", type=float, nargs="+", default=None)
-    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--bandwidth", type=float, nargs="+", default=None,
+                   help="mean-shift bandwidth(s) in px of the network's grid (default: half the diameter; "
+                        "several give one label image each)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="uncertainty threshold of the foreground (default: Otsu's threshold of each map)")
     p.add_argument("--foreground", choices=FOREGROUND_RULES, default="auto",
                    help="foreground rule (see cellulus_fast.foreground; 'uncertainty' is the paper's rule)")
-    p.add_argument("--num-noise-passes", type=int, default=16)
-    p.add_argument("--grow", type=float, default=3.0, help="halo correction, --foreground uncertainty only")
-    p.add_argument("--shrink", type=float, default=6.0, help="halo correction, --foreground uncertainty only")
-    p.add_argument("--min-size", type=int, default=None)
+    p.add_argument("--num-noise-passes", type=int, default=16,
+                   help="test-time noise passes per noise value, for the uncertainty (default 16)")
+    p.add_argument("--grow", type=float, default=3.0, help="halo correction in px, --foreground uncertainty only (default %(default)s)")
+    p.add_argument("--shrink", type=float, default=6.0, help="halo correction in px, --foreground uncertainty only (default %(default)s)")
+    p.add_argument("--min-size", type=int, default=None,
+                   help="smallest object kept, px (default: 10%% of the area of a disc of the diameter)")
     p.add_argument("--scale", type=float, default=None,
                    help="resize images by this factor first (default: the scale the model was trained at)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--save-uncertainty", action="store_true")
-    p.add_argument("--save-embeddings", action="store_true")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles predicted at once (default 4)")
+    p.add_argument("--save-uncertainty", action="store_true", help="also write the uncertainty map TIFF")
+    p.add_argument("--save-embeddings", action="store_true", help="also write the embeddings TIFF")
     p.add_argument("--overlay", action="store_true", help="also write an overlay PNG per image")
     p.set_defaults(func=_cmd_segment)
 

@@ -62,7 +62,7 @@ def run_demo(output_dir: Union[str, Path] = "demo_output", *, quick: bool = Fals
     from skimage.io import imsave
 
     from .baselines import otsu_watershed
-    from .cli import overlay
+    from .overlay import overlay
     from .evaluate import evaluate, write_results
     from .segment import segment
     from .train import train

@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from .data import normalize
+from .data import normalize, rescale
 
 RULES: Tuple[str, ...] = ("auto", "uncertainty", "intensity", "refined")
 SMOOTHING = 1.0  # px, Gaussian sigma of the intensity rules: denoising below the scale of any object
@@ -106,8 +106,12 @@ def _detections(labels: np.ndarray, smooth: np.ndarray) -> Iterator[Tuple[int, T
 def noise_sigma(image: Any) -> float:
     """Standard deviation of the pixel noise of :func:`grey` ``(image)``, robust to edges and texture
     (Immerkaer's Laplacian-difference mask, with the median absolute response instead of the mean)."""
+    return _laplacian_noise(grey(image))
+
+
+def _laplacian_noise(grey_image: np.ndarray) -> float:
     mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)  # zero on planes; noise gain 6
-    response = ndimage.convolve(grey(image).astype(np.float64), mask, mode="reflect")
+    response = ndimage.convolve(grey_image.astype(np.float64), mask, mode="reflect")
     return float(1.4826 * np.median(np.abs(response)) / 6.0)
 
 
@@ -123,8 +127,6 @@ def smoothed_noise(image: Any, scale: float = 1.0, sigma: float = SMOOTHING) -> 
 def _noise_gain(scale: float, sigma: float) -> float:
     if scale == 1:  # exact: a Gaussian of sigma s averages white noise down by 2 s sqrt(pi)
         return 1 / (2 * sigma * np.sqrt(np.pi)) if sigma > 0 else 1.0
-    from .data import rescale
-
     white = np.random.default_rng(0).standard_normal((1, 256, 256)).astype(np.float32)
     field = rescale(white, scale)[0]
     field = ndimage.gaussian_filter(field, sigma) if sigma > 0 else field
@@ -149,16 +151,18 @@ def judge_detections(labels: np.ndarray, image: Any, sigma: float = SMOOTHING,
     ``noise`` is the noise standard deviation of the smoothed image; by default :func:`smoothed_noise` of
     ``image`` as it is (pass it measured on the original image when ``image`` was resized).
     """
-    smooth = ndimage.gaussian_filter(grey(image), sigma)
-    if noise is None:
-        noise = smoothed_noise(image, 1.0, sigma)
+    grey_image = grey(image)
+    smooth = ndimage.gaussian_filter(grey_image, sigma)
+    if noise is None:  # smoothed_noise(image, 1.0, sigma), from the grey image already made
+        noise = _laplacian_noise(grey_image) * _noise_gain(1.0, float(sigma))
     outside = labels == 0
     background = float(np.median(smooth[outside])) if outside.mean() >= 0.01 else None
     out = np.zeros_like(labels)
     for k, box, inside, values in _detections(labels, smooth):
         step = abs(float(np.median(values)) - background) if background is not None else 0.0
         if np.ptp(values) < FLAT:  # flat: an object only if it stands out from the background
-            out[box][inside] = k if step >= MIN_CONTRAST * noise and step > 0 else 0
+            if step >= MIN_CONTRAST * noise and step > 0:
+                out[box][inside] = k
             continue
         bright = inside & (smooth[box] > threshold_otsu(values))
         dark = inside & ~bright

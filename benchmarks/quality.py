@@ -47,7 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cellulus_fast.baselines import otsu_components, otsu_watershed  # noqa: E402
-from cellulus_fast.config import PRESETS  # noqa: E402
+from cellulus_fast import checkpoint  # noqa: E402
+from cellulus_fast.config import PRESETS, TrainConfig  # noqa: E402
 from cellulus_fast.data import normalize  # noqa: E402
 from cellulus_fast.datasets import CONDITIONS, zoo  # noqa: E402
 from cellulus_fast.evaluate import evaluate  # noqa: E402
@@ -141,12 +142,26 @@ def thumbnail(path: Path, image: np.ndarray, gt: np.ndarray, labels: Dict[str, L
     imsave(path, np.hstack(panels), check_contrast=False)
 
 
+def trained(images: List[np.ndarray], run_dir: Path, seed: int, quick: bool):
+    """The model trained on ``images`` with the benchmark's schedule into ``run_dir``; a finished run already
+    there with the same configuration is loaded instead (``--models``: a change to segmentation alone is
+    measured again without retraining; training is deterministic, so the model is the one it would train)."""
+    schedule = QUICK_SCHEDULE if quick else SCHEDULE
+    path = run_dir / "checkpoint.pt"
+    if path.exists():
+        state = checkpoint.read(path)
+        expected = TrainConfig.preset("fast").replace(seed=seed, **schedule).to_dict()
+        if state["config"] == expected and state["step"] == state["steps_per_epoch"] * expected["epochs"]:
+            return checkpoint.load(path)
+        raise SystemExit(f"{run_dir} holds another run; remove it or choose another --models folder")
+    return train(images, run_dir, seed=seed, progress=False, **schedule).model
+
+
 def synthetic_condition(name: str, seed: int, quick: bool, workdir: Path, noise_passes: int):
     sizes = QUICK_SYNTHETIC if quick else SYNTHETIC
     train_data = zoo(name, num_images=sizes["num_train"], size=sizes["size"], seed=seed)
     test_data = zoo(name, num_images=sizes["num_test"], size=sizes["size"], seed=seed + 1000)
-    schedule = QUICK_SCHEDULE if quick else SCHEDULE
-    model = train(train_data.images, workdir / f"{name}-{seed}", seed=seed, progress=False, **schedule).model
+    model = trained(train_data.images, workdir / f"{name}-{seed}", seed, quick)
     labels = run_methods(model, test_data.images, test_data.labels, test_data.diameter, noise_passes)
     return {name: (test_data.images, test_data.labels, labels, test_data.diameter)}, model
 
@@ -156,8 +171,7 @@ def real_condition(seed: int, quick: bool, workdir: Path, noise_passes: int):
 
     data = real_nuclei.load(max_images=1 if quick else 0)
     diameter = equivalent_diameter([d.labels for d in data])
-    schedule = QUICK_SCHEDULE if quick else SCHEDULE
-    model = train([d.image for d in data], workdir / f"real-{seed}", seed=seed, progress=False, **schedule).model
+    model = trained([d.image for d in data], workdir / f"real-{seed}", seed, quick)
     # Evaluated on the central crop of every image: prediction with test-time noise costs ~1 min per
     # megapixel on 2 CPU cores, and all 33 images in full would take most of the benchmark's time.
     side = 160 if quick else REAL_EVAL_CROP
@@ -287,6 +301,9 @@ def main(argv=None) -> int:
                              "runs need --out, so they never replace the committed page)")
     parser.add_argument("--seeds", type=int, default=None,
                         help=f"seeds per synthetic condition (default {SEEDS}; 1 with --quick)")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="keep the trained models in this folder and reuse those found there (default: a "
+                             "temporary folder, trained afresh)")
     parser.add_argument("--conditions", nargs="*", default=list(CONDITIONS) + ["real_nuclei"])
     args = parser.parse_args(argv)
     unknown = set(args.conditions) - set(CONDITIONS) - {"real_nuclei"}
@@ -301,15 +318,17 @@ def main(argv=None) -> int:
     results: Dict[str, Dict[str, List[Dict]]] = {}
     thumbs, costs = {}, []
     with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.models or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         for condition in args.conditions:
             count = args.seeds or (1 if args.quick else SEEDS)
             seeds = range(count if condition != "real_nuclei" else 1)
             for seed in seeds:
                 t = time.time()
                 if condition == "real_nuclei":
-                    out, model = real_condition(seed, args.quick, Path(tmp), noise_passes)
+                    out, model = real_condition(seed, args.quick, workdir, noise_passes)
                 else:
-                    out, model = synthetic_condition(condition, seed, args.quick, Path(tmp), noise_passes)
+                    out, model = synthetic_condition(condition, seed, args.quick, workdir, noise_passes)
                 if not costs:  # timed once, with the first model, while nothing else runs
                     costs = cost(model, args.quick)
                 for name, (images, gt, labels, diameter) in out.items():

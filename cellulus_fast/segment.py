@@ -45,21 +45,20 @@ def derive_parameters(object_diameter: float, *, bandwidth: Union[float, Sequenc
     """The rule (the public CELLULUS reference's): bandwidth = 0.5 x diameter, min_size = 10% of the area
     of a disc of that diameter, grow 3 px and shrink 6 px. ``object_diameter`` and ``min_size`` are in
     pixels of the input images; with ``scale`` != 1 they are converted to the rescaled grid."""
-    if not (isinstance(object_diameter, (int, float)) and math.isfinite(object_diameter) and object_diameter > 0):
-        raise ValueError(f"object_diameter must be a positive number of pixels, got {object_diameter!r}")
-    scale = check_scale(scale)
-    diameter = object_diameter * scale
+    diameter = check_real("object_diameter", object_diameter, low=0.0, low_open=True) * check_scale(scale)
     if bandwidth is None:
         bandwidths = [0.5 * diameter]
     else:
-        bandwidths = [float(b) for b in (bandwidth if isinstance(bandwidth, (list, tuple)) else [bandwidth])]
-        if not bandwidths or any(not (math.isfinite(b) and b > 0) for b in bandwidths):
-            raise ValueError(f"bandwidth must be > 0 (one value or a list), got {bandwidth!r}")
+        many = isinstance(bandwidth, (list, tuple)) or (isinstance(bandwidth, np.ndarray) and bandwidth.ndim == 1)
+        bandwidths = [check_real("bandwidth", b, low=0.0, low_open=True)
+                      for b in (bandwidth if many else [bandwidth])]
+        if not bandwidths:
+            raise ValueError("bandwidth must be a number or a non-empty list of numbers, got an empty list")
     if min_size is None:
         min_size = int(0.1 * math.pi * object_diameter**2 / 4)
-    if min_size < 0 or grow < 0 or shrink < 0:
-        raise ValueError("min_size, grow and shrink must be >= 0")
-    return Parameters(bandwidths, int(round(min_size * scale**2)), float(grow), float(shrink))
+    check_int("min_size", min_size, low=0)
+    grow, shrink = check_real("grow", grow, low=0.0), check_real("shrink", shrink, low=0.0)
+    return Parameters(bandwidths, int(round(min_size * scale**2)), grow, shrink)
 
 
 def equivalent_diameter(labels: Union[np.ndarray, Sequence[np.ndarray]]) -> Optional[float]:
@@ -224,8 +223,17 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
     check_int("num_noise_passes", num_noise_passes, low=0)
     check_int("batch_size", batch_size, low=1)
     check_rule(foreground)
+    check_int("seed", seed, low=0)
+    if threshold is not None:
+        check_real("threshold", threshold, low=-math.inf)
+    elif num_noise_passes == 0 and foreground != "intensity":
+        raise ValueError(f"num_noise_passes=0 leaves no uncertainty map, which foreground={foreground!r} needs: use "
+                         "num_noise_passes >= 1, foreground='intensity', or give a threshold")
     if fit_fraction is not None:
         check_real("fit_fraction", fit_fraction, low=0.0, high=1.0, low_open=True)
+    if not isinstance(model_or_checkpoint, (UNet, str, Path)):
+        raise TypeError("model_or_checkpoint must be a trained UNet or the path of a checkpoint, got "
+                        f"{type(model_or_checkpoint).__name__}")
     # every option checked (with a stand-in diameter when it is to be measured) before any work
     derive_parameters(object_diameter if object_diameter is not None else DIAMETER_START, bandwidth=bandwidth,
                       min_size=min_size, grow=grow, shrink=shrink, scale=1.0 if scale is None else scale)

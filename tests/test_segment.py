@@ -173,6 +173,24 @@ def test_segment_errors(model, tmp_path):
                        (dict(min_size=-1), "min_size"), (dict(scale=0.0), "scale")):
         with pytest.raises(ValueError, match=match):
             segment(model, image, progress=False, **bad)
+    # each message names the parameter (before: numpy/ufunc internals, "cannot convert float NaN")
+    for bad, error, match in ((dict(bandwidth=np.ones((2, 2))), TypeError, "bandwidth"),
+                              (dict(bandwidth=[]), ValueError, "bandwidth"),
+                              (dict(threshold="0.5"), TypeError, "threshold"),
+                              (dict(threshold=float("nan")), ValueError, "threshold"),
+                              (dict(min_size=float("nan")), TypeError, "min_size"),
+                              (dict(grow=float("nan")), ValueError, "grow"),
+                              (dict(shrink=float("inf")), ValueError, "shrink"),
+                              (dict(scale="2"), ValueError, "scale"), (dict(seed=-1), ValueError, "seed"),
+                              (dict(num_noise_passes=0), ValueError, "num_noise_passes=0")):
+        with pytest.raises(error, match=match):
+            segment(model, image, progress=False, **bad)
+    with pytest.raises(TypeError, match="model_or_checkpoint"):
+        segment(object(), image, progress=False)
+    # numpy scalars and 1-D arrays are numbers and lists of numbers
+    params = derive_parameters(np.float32(20), bandwidth=np.array([4.0, 5.0]), min_size=np.int64(3))
+    assert params.bandwidths == [4.0, 5.0] and params.min_size == 3
+    assert derive_parameters(np.float32(20)).bandwidths == [10.0]
     with pytest.raises(ValueError, match="min_size|smaller|10"):
         segment(model, np.random.rand(10, 10).astype(np.float32), progress=False)
     with pytest.raises(ValueError, match="channel"):

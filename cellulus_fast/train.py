@@ -233,6 +233,9 @@ def train(images: Any, output_dir: Union[str, Path], *, preset: Optional[str] = 
     rank, world = _distributed()
     device = _device(config.device, rank)
     _check_output(output_dir, resume=config.resume, overwrite=overwrite)
+    if rank == 0 and output_dir.is_dir():
+        with ckpt.locked_folder(output_dir):  # a folder in use fails now, not after loading the images
+            pass
 
     # Everything that can fail on bad input happens before anything is written.
     model = UNet(num_fmaps=1, fmap_inc_factor=1, depth=config.depth)  # the geometry only depends on depth

@@ -96,6 +96,8 @@ def test_a_locked_folder_is_refused(tiny_images, tmp_path, tiny):
     with locked_folder(run):  # a second lock in the same process conflicts too (flock per open file)
         with pytest.raises(FolderInUseError, match=str(run)):
             train(images, run, **tiny, progress=False)
+        with pytest.raises(FolderInUseError):  # found before the images are read (these do not exist)
+            train(tmp_path / "no-such-images", run, **tiny, progress=False)
     assert list(run.iterdir()) == []
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time

@@ -13,6 +13,8 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
+from ._validate import check_device, check_output_folder
+from .checkpoint import FolderInUseError
 from .config import PRESETS, TrainConfig
 from .foreground import RULES as FOREGROUND_RULES
 
@@ -94,7 +96,7 @@ def _write_tiff(path: Path, array: np.ndarray) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
-    result = train(args.images, args.output_dir, config=_train_config(args))
+    result = train(args.images, args.output_dir, config=_train_config(args), overwrite=args.overwrite)
     print(f"checkpoint: {result.checkpoint}")
     return 0
 
@@ -107,9 +109,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .overlay import overlay
     from .segment import segment
 
-    model = checkpoint.load(args.checkpoint)  # fails before anything is written
+    out = check_output_folder(args.output_dir)  # these fail before any work, and nothing is written
+    check_device(args.device)
+    model = checkpoint.load(args.checkpoint)
     images, names = load_images(args.images, return_names=True)
-    out = Path(args.output_dir)
     labels, predictions = segment(model, images, object_diameter=args.object_diameter, bandwidth=args.bandwidth,
                                   threshold=args.threshold, foreground=args.foreground,
                                   num_noise_passes=args.num_noise_passes,
@@ -134,11 +137,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import load_images
-    from .evaluate import evaluate, write_results
+    from .evaluate import evaluate, load_labels, write_results
 
-    gt = [g[0].astype(np.int64) for g in load_images(args.gt, skip_constant=False)]
-    pred = [p[0].astype(np.int64) for p in load_images(args.pred, skip_constant=False)]
+    if args.output_dir:
+        check_output_folder(args.output_dir, "--output-dir")
+    gt, pred = load_labels(args.gt), load_labels(args.pred)  # exactly: uint32 ids >= 2**31 stay apart
     result = evaluate(gt, pred, thresholds=args.thresholds) if args.thresholds else evaluate(gt, pred)
     print(result.format_table())
     if args.output_dir:
@@ -164,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file with training options (flags override it)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                    help="named schedule the other options start from (default: paper; fast: ~5 min on a CPU)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run OUTPUT_DIR holds (its checkpoint.pt / config.toml); without it (or "
+                        "--resume true) such a folder is refused")
     _add_train_options(p)
     p.set_defaults(func=_cmd_train)
 
@@ -212,9 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    # Bad input, a folder in use, a diverged training run (FloatingPointError): one line, no traceback.
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, PermissionError) as error:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, FolderInUseError,
+            FloatingPointError) as error:
         print(f"cellulus-fast {args.command}: error: {error}", file=sys.stderr)
         return 2
 

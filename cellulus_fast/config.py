@@ -4,10 +4,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
+from ._validate import check_device
 from .data import check_scale
 
 
@@ -48,29 +50,31 @@ class TrainConfig:
     scale: float = 1.0
 
     def __post_init__(self) -> None:
-        self.milestones = tuple(int(m) for m in self.milestones)
-        positive_ints = ("epochs", "batch_size", "crop_size", "num_fmaps", "fmap_inc_factor", "num_references")
-        for name in positive_ints:
-            _require(name, getattr(self, name), int, lambda v: v >= 1, ">= 1")
-        _require("depth", self.depth, int, lambda v: v >= 0, ">= 0")
-        _require("seed", self.seed, int, lambda v: v >= 0, ">= 0")
-        _require("num_workers", self.num_workers, int, lambda v: v >= 0, ">= 0")
+        # Numbers may come as numpy scalars (np.float32(20)); they are stored as Python ints and floats so
+        # that the TOML record and the checkpoint hold plain values.
+        self.milestones = _milestones(self.milestones)
+        for name in ("epochs", "batch_size", "crop_size", "num_fmaps", "fmap_inc_factor", "num_references"):
+            _require(name, int, lambda v: v >= 1, ">= 1", self)
+        _require("depth", int, lambda v: v >= 0, ">= 0", self)
+        # TOML integers (config.toml) are signed 64-bit, and so are torch's seeds.
+        _require("seed", int, lambda v: 0 <= v < 2**63, "in [0, 2**63)", self)
+        _require("num_workers", int, lambda v: v >= 0, ">= 0", self)
         for name in ("steps_per_epoch", "checkpoint_every"):
             if getattr(self, name) is not None:
-                _require(name, getattr(self, name), int, lambda v: v >= 1, ">= 1 or None")
-        for name, low_open in (("learning_rate", True), ("tau", True), ("lambda_reg", False)):
-            _require(name, getattr(self, name), (int, float),
-                     (lambda v: v > 0) if low_open else (lambda v: v >= 0), "> 0" if low_open else ">= 0")
-        _require("density", self.density, (int, float), lambda v: 0 < v <= 1, "in (0, 1]")
-        _require("kappa", self.kappa, (int, float), lambda v: v >= 1, ">= 1")
+                _require(name, int, lambda v: v >= 1, ">= 1 (or None)", self)
+        _require("learning_rate", float, lambda v: v > 0, "> 0", self)
+        _require("tau", float, lambda v: v > 0, "> 0", self)
+        _require("lambda_reg", float, lambda v: v >= 0, ">= 0", self)
+        _require("density", float, lambda v: 0 < v <= 1, "in (0, 1]", self)
+        _require("kappa", float, lambda v: v >= 1, ">= 1", self)
         self.scale = check_scale(self.scale)
         if self.nonlinearity not in ("sigmoid", "gaussian"):
             raise ValueError(f"nonlinearity must be 'sigmoid' or 'gaussian', got {self.nonlinearity!r}")
         for name in ("detach_reference", "resume", "amp"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if self.device is not None and not isinstance(self.device, str):
-            self.device = str(self.device)
+        if self.device is not None:  # syntax only: a configuration may be written on another machine
+            self.device = str(check_device(self.device, available=False))
 
     # --- serialisation ---------------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -125,11 +129,31 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def _require(name: str, value: Any, types, ok, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, types):
-        raise TypeError(f"{name} must be {what}, got {value!r}")
-    if not ok(value) or (isinstance(value, float) and not math.isfinite(value)):
-        raise ValueError(f"{name} must be {what}, got {value!r}")
+def _require(name: str, kind: type, ok, what: str, config: "TrainConfig") -> None:
+    """Checks ``config.<name>`` is an integer (``kind`` int) or a finite real number (``kind`` float) for
+    which ``ok`` holds, and stores it as a plain Python ``kind``. TypeError / ValueError otherwise."""
+    value = getattr(config, name)
+    noun = "an integer" if kind is int else "a number"
+    if isinstance(value, bool) or not isinstance(value, Integral if kind is int else Real):
+        raise TypeError(f"{name} must be {noun} {what}, got {value!r}")
+    value = kind(value)
+    if not (math.isfinite(value) and ok(value)):
+        raise ValueError(f"{name} must be {noun} {what}, got {value!r}")
+    setattr(config, name, value)
+
+
+def _milestones(value: Any) -> Tuple[int, ...]:
+    """Epoch numbers (integers >= 1) as a tuple; a string or a bare number is refused rather than read as
+    a sequence ("20" would otherwise become epochs 2 and 0)."""
+    what = "a list of epoch numbers (integers >= 1)"
+    if not isinstance(value, (list, tuple, range)):
+        raise TypeError(f"milestones must be {what}, got {value!r}")
+    for m in value:
+        if isinstance(m, bool) or not isinstance(m, Integral):
+            raise TypeError(f"milestones must be {what}, got {value!r}")
+        if m < 1:
+            raise ValueError(f"milestones must be {what}, got {value!r}")
+    return tuple(int(m) for m in value)
 
 
 def _toml_value(value: Any) -> str:

@@ -12,12 +12,12 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-__all__ = ["load_images", "normalize", "CropSampler", "TIFF_SUFFIXES"]
+__all__ = ["load_images", "read_arrays", "normalize", "CropSampler", "TIFF_SUFFIXES"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 _SEQUENCE_DIR = re.compile(r"^\d{2}$")  # CTC sequence folders: 01, 02, ... (01_GT, 01_ST are not)
@@ -49,13 +49,17 @@ def load_images(source: Source, axes: Optional[str] = None, min_size: int = 0,
 
     `axes` says how to read every array (file contents or given arrays), using the letters T (stack /
     time, split into separate images), C (channels), Y, X, each at most once, Y and X required, in the
-    array's order: e.g. ``"YX"``, ``"CYX"``, ``"TYX"``, ``"TCYX"``, ``"YXC"``. With ``axes=None``:
-    2-D -> one grey image; 3-D -> a stack of 2-D grey images (e.g. the pages of a multi-page TIFF);
-    the one exception is a TIFF that stores RGB(A) samples per pixel (tifffile axes ``...YXS``), whose
-    samples become channels. Other dimensionalities need an explicit `axes`.
+    array's order: e.g. ``"YX"``, ``"CYX"``, ``"TYX"``, ``"TCYX"``, ``"YXC"``. With ``axes=None``, a TIFF
+    whose metadata names channels is read by its metadata: RGB(A) samples, interleaved (tifffile axes
+    ``YXS``) or planar (``SYX``), and ImageJ hyperstack channels (``CYX``, ``TCYX``, ``ZCYX``) become
+    channels, and Z / T / pages become separate images. Otherwise 2-D -> one grey image; 3-D -> a stack
+    of 2-D grey images (e.g. the pages of a multi-page TIFF), except that an array shaped like a colour
+    image, (H, W, 3) or (H, W, 4), is refused with a hint to pass ``axes="YXC"`` (or ``"TYX"`` if it
+    really is a stack of 3 or 4 px wide images). Other dimensionalities need an explicit `axes`.
 
     Checks (each raising ValueError naming the offending file or list index, pages as ``[page i]``):
-    unreadable / non-TIFF files; NaN or inf values; height or width below `min_size` (training passes
+    unreadable / non-TIFF files; NaN or inf values; integer values too far from 0 for float32 to keep
+    apart (e.g. 2**40 + a few counts); height or width below `min_size` (training passes
     the network's field of view); channel counts differing between images. An empty folder, or a path or
     glob pattern matching nothing, raises FileNotFoundError.
 
@@ -66,17 +70,11 @@ def load_images(source: Source, axes: Optional[str] = None, min_size: int = 0,
 
     With ``return_names=True`` returns ``(images, names)``, a name per image (its file, page or list index).
     """
-    if axes is not None:
-        _check_axes(axes)
     images: List[np.ndarray] = []
     names: List[str] = []
-    for name, array, file_axes in _iter_arrays(source):
-        use_axes = axes
-        if use_axes is None and file_axes is not None and file_axes.endswith("YXS") and array.ndim == 3:
-            use_axes = "YXC"  # an RGB(A) TIFF: treating (H, W, 3) as 3-pixel-wide pages is never meant
-        for page_name, image in _split(name, array, use_axes, file_axes):
-            images.append(_validate(page_name, image, min_size))
-            names.append(page_name)
+    for name, image in read_arrays(source, axes):
+        images.append(_validate(name, image, min_size))
+        names.append(name)
     if not images:
         raise ValueError(f"no images found in {_describe(source)}")
 
@@ -96,6 +94,33 @@ def load_images(source: Source, axes: Optional[str] = None, min_size: int = 0,
             raise ValueError(f"all {len(images)} image(s) from {_describe(source)} are constant")
         names, images = [k[0] for k in kept], [k[1] for k in kept]
     return (images, names) if return_names else images
+
+
+def read_arrays(source: Source, axes: Optional[str] = None) -> Iterator[Tuple[str, np.ndarray]]:
+    """(name, (C, H, W) array) of every image in `source`, read as :func:`load_images` reads them but
+    in the array's own dtype and unchecked (e.g. label images, which must not go through float32)."""
+    if axes is not None:
+        _check_axes(axes)
+    for name, array, file_axes in _iter_arrays(source):
+        yield from _split(name, array, axes or _axes_from_file(file_axes), file_axes)
+
+
+# tifffile's axis letters in ours: S (samples: RGB) and C are channels; Z, Q (unknown), I (image sequence)
+# and T become separate images.
+_TIFF_AXES = str.maketrans({"S": "C", "Z": "T", "Q": "T", "I": "T"})
+
+
+def _axes_from_file(file_axes: Optional[str]) -> Optional[str]:
+    """Our axes for a file whose metadata names channels (tifffile axes with S or C), if they translate
+    unambiguously; None (the default reading) otherwise."""
+    if not file_axes or not set(file_axes) & set("CS"):
+        return None
+    axes = file_axes.translate(_TIFF_AXES)
+    try:
+        _check_axes(axes)
+    except ValueError:  # e.g. TZCYX: both T and Z would be T
+        return None
+    return axes
 
 
 def _describe(source: Any) -> str:
@@ -191,6 +216,10 @@ def _split(name: str, array: np.ndarray, axes: Optional[str],
         if array.ndim == 2:
             axes = "YX"
         elif array.ndim == 3:
+            if array.shape[2] in (3, 4) and array.shape[0] > 4:
+                raise ValueError(f"{name} has shape {array.shape}, which would be read as {array.shape[0]} grey "
+                                 f"images of {array.shape[1]}x{array.shape[2]} px; pass axes='YXC' if it is one "
+                                 "colour image (or axes='TYX' if it really is such a stack)")
             axes = "TYX"
         else:
             hint = f" (the file says {file_axes!r})" if file_axes else ""
@@ -210,6 +239,14 @@ def _split(name: str, array: np.ndarray, axes: Optional[str],
 def _validate(name: str, image: np.ndarray, min_size: int) -> np.ndarray:
     if image.dtype.kind not in "biuf":
         raise ValueError(f"{name} has unsupported dtype {image.dtype}")
+    if image.dtype.kind in "iu" and image.size:
+        low, high = int(image.min()), int(image.max())
+        # float32 holds integers exactly only up to 2**24: far from 0, a narrow range of values would merge
+        # (an image at 2**40 plus a signal of a few counts would become constant).
+        if high > low and 256 * float(np.spacing(np.float32(max(abs(low), abs(high))))) > high - low:
+            raise ValueError(f"{name} has integer values in [{low}, {high}], too far from 0 for float32 (in which "
+                             "images are processed) to keep them apart; subtract an offset first, e.g. "
+                             "image - image.min()")
     image = np.ascontiguousarray(image, dtype=np.float32)
     if not np.isfinite(image).all():
         raise ValueError(f"{name} contains NaN or inf values")

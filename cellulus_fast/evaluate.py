@@ -37,7 +37,6 @@ import io
 import json
 import math
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple, Union
@@ -48,10 +47,12 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from .checkpoint import write_text_atomic
+from .data import read_arrays
 from .ops._checks import check_real
 
 __all__ = ["DEFAULT_THRESHOLDS", "ROW_FIELDS", "ThresholdScores", "Scores", "EvaluationResult", "evaluate",
-           "write_results"]
+           "write_results", "load_labels"]
 
 # Literals, not 0.1 * k: an IoU that is exactly 3/10 must compare >= 0.3 (0.1 * 3 == 0.30000000000000004).
 DEFAULT_THRESHOLDS: Tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -223,25 +224,22 @@ def write_results(result: EvaluationResult, out_dir: Union[str, os.PathLike]) ->
     writer.writeheader()
     writer.writerows(result.to_rows())
     csv_path, json_path = out / "metrics.csv", out / "metrics.json"
-    _write_atomic(csv_path, buf.getvalue())
-    _write_atomic(json_path, result.to_json() + "\n")
+    write_text_atomic(csv_path, buf.getvalue())
+    write_text_atomic(json_path, result.to_json() + "\n")
     return csv_path, json_path
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # The temporary file is in the same directory, so os.replace is a rename within one file system (atomic).
-    # os.open with mode 0o666 (not mkstemp's 0o600) gives the file the permissions the umask allows.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def load_labels(source: Any) -> List[np.ndarray]:
+    """The label images in ``source`` (anything :func:`cellulus_fast.data.load_images` reads), read exactly:
+    integer images as they are (not through float32, which merges ids above 2**24), float images only if
+    every value is a non-negative integer (the rules of :func:`evaluate`). Multi-page files give one 2-D
+    image per page, and so do channels (labels have none: a file declaring some, such as a 3-D ImageJ
+    TIFF written by tifffile, holds a stack). ValueError naming the file for anything else."""
+    labels = []
+    for name, image in read_arrays(source):
+        for c, channel in enumerate(image):
+            labels.append(_as_labels(channel, f"{name}[channel {c}]" if len(image) > 1 else name))
+    return labels
 
 
 def _check_thresholds(thresholds: Union[float, Sequence[float]]) -> Tuple[float, ...]:

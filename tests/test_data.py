@@ -290,3 +290,41 @@ def test_crop_sampler_errors():
         CropSampler([np.zeros((1, 8, 8)), np.zeros((2, 8, 8))], crop_size=4)
     with pytest.raises(ValueError):
         CropSampler([np.zeros((1, 8, 8))], crop_size=4).batch(0)
+
+
+def test_tiff_axes_metadata_is_followed(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (3, 20, 24)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate")  # tifffile: SYX
+    (image,) = load_images(tmp_path / "planar.tif")
+    assert image.shape == (3, 20, 24)
+    np.testing.assert_array_equal(image, rgb)
+    tifffile.imwrite(tmp_path / "ij.tif", rgb, imagej=True, metadata={"axes": "CYX"})  # an ImageJ hyperstack
+    (image,) = load_images(tmp_path / "ij.tif")
+    assert image.shape == (3, 20, 24)
+    hyper = np.random.default_rng(1).integers(0, 255, (2, 3, 20, 24)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "ij4.tif", hyper, imagej=True, metadata={"axes": "ZCYX"})
+    out = load_images(tmp_path / "ij4.tif")
+    assert len(out) == 2 and out[1].shape == (3, 20, 24)
+    np.testing.assert_array_equal(out[1], hyper[1])
+    # an explicit axes still wins over the file's
+    assert len(load_images(tmp_path / "ij.tif", axes="TYX")) == 3
+
+
+def test_an_rgb_shaped_array_needs_axes():
+    rgb = np.random.default_rng(0).random((96, 96, 3))
+    with pytest.raises(ValueError, match=r"96 grey images of 96x3 px; pass axes='YXC'"):
+        load_images(rgb)
+    assert load_images(rgb, axes="YXC")[0].shape == (3, 96, 96)
+    assert len(load_images(rgb, axes="TYX")) == 96  # a stack, if that is what it is
+    assert len(load_images(np.random.default_rng(0).random((3, 96, 96)))) == 3  # a stack of 3 is not RGB
+
+
+def test_integers_float32_cannot_keep_apart_are_named():
+    image = np.full((32, 32), 2**40, np.int64)
+    image[8:16, 8:16] += 5
+    with pytest.raises(ValueError, match=r"values in \[1099511627776, 1099511627781\], too far from 0 for float32"):
+        load_images(image)
+    (shifted,) = load_images(image - image.min())
+    assert shifted.max() == 5
+    wide = np.random.default_rng(0).integers(0, 2**32, (32, 32), dtype=np.uint64)  # large but wide: fine
+    assert load_images(wide)[0].dtype == np.float32

@@ -468,3 +468,23 @@ def test_write_results(tmp_path, two_images):
     write_results(other, out)
     assert json.loads(json_path.read_text()) == other.to_dict()
     assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "metrics.json"]
+
+
+def test_load_labels_reads_files_exactly(tmp_path):
+    import tifffile
+
+    from cellulus_fast.evaluate import load_labels
+
+    big = np.zeros((8, 8), np.uint32)
+    big[:4], big[4:] = 2**31 + 1, 2**31 + 2
+    tifffile.imwrite(tmp_path / "big.tif", big)
+    (read,) = load_labels(tmp_path / "big.tif")
+    assert read.dtype == np.uint32 and np.array_equal(read, big)  # not through float32 (which merges them)
+    stack = np.stack([big % 3, big // 2**30, big % 2]).astype(np.uint16)  # ImageJ stores no uint32
+    tifffile.imwrite(tmp_path / "ij.tif", stack, imagej=True)  # tifffile declares a 3-D ImageJ array CYX
+    assert [a.tolist() for a in load_labels(tmp_path / "ij.tif")] == [a.tolist() for a in stack]
+    tifffile.imwrite(tmp_path / "whole.tif", big.astype(np.float32) % 7)
+    assert load_labels(tmp_path / "whole.tif")[0].dtype == np.int64
+    tifffile.imwrite(tmp_path / "intensity.tif", np.full((8, 8), 0.5, np.float32))
+    with pytest.raises(ValueError, match="intensity.tif has non-integer values"):
+        load_labels(tmp_path / "intensity.tif")

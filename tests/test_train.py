@@ -52,6 +52,7 @@ def test_resume_reproduces_uninterrupted_run(tiny_images, tmp_path, tiny):
     images, _ = tiny_images
     full = train(images, tmp_path / "full", **{**tiny, "epochs": 2}, progress=False)
     train(images, tmp_path / "resumed", **tiny, progress=False)  # stops after epoch 1 (3 steps)
+    assert TrainConfig.from_toml(tmp_path / "resumed" / "config.toml").epochs == 1
     state = checkpoint.read(tmp_path / "resumed")
     assert state["step"] == 3 and set(state) >= {"model", "optimizer", "scheduler", "config", "torch_rng_state"}
     resumed = train(images, tmp_path / "resumed", **{**tiny, "epochs": 2}, resume=True, progress=False)
@@ -59,6 +60,9 @@ def test_resume_reproduces_uninterrupted_run(tiny_images, tmp_path, tiny):
     assert full.losses == resumed.losses  # exactly, not approximately
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
+    # config.toml records the run as it went on: 2 epochs, resumed
+    assert TrainConfig.from_toml(tmp_path / "resumed" / "config.toml") == TrainConfig(**tiny).replace(
+        epochs=2, resume=True)
 
 
 def test_outputs_and_load(tiny_images, tmp_path, tiny):
@@ -89,6 +93,29 @@ def test_config_toml_round_trip_and_errors(tmp_path):
                        ({"batch_size": 1.5}, "batch_size"), ({"resume": 1}, "resume")):
         with pytest.raises((ValueError, TypeError), match=match):
             TrainConfig(**bad)
+
+
+def test_option_types_are_checked_with_messages_naming_them():
+    for bad, error, match in (({"milestones": "20"}, TypeError, "milestones must be a list of epoch numbers"),
+                              ({"milestones": 20}, TypeError, "milestones must be a list"),
+                              ({"milestones": ("a",)}, TypeError, "milestones must be a list"),
+                              ({"milestones": (0,)}, ValueError, r"integers >= 1\), got \(0,\)"),
+                              ({"epochs": 2.0}, TypeError, "epochs must be an integer >= 1, got 2.0"),
+                              ({"num_references": 2.5}, TypeError, "num_references must be an integer"),
+                              ({"seed": 2**64}, ValueError, r"seed must be an integer in \[0, 2\*\*63\)"),
+                              ({"seed": -1}, ValueError, "seed"),
+                              ({"learning_rate": "1e-3"}, TypeError, "learning_rate must be a number > 0"),
+                              ({"device": "banana"}, ValueError, "device must be 'cpu', 'cuda' or 'cuda:N'"),
+                              ({"device": 0}, TypeError, "device must be a string"),
+                              ({"device": "mps"}, ValueError, "device must be")):
+        with pytest.raises(error, match=match):
+            TrainConfig(**bad)
+    # numpy scalars are numbers like any other, and are stored as plain Python ones
+    config = TrainConfig(epochs=np.int64(3), learning_rate=np.float32(0.5), kappa=np.float64(5),
+                         milestones=[np.int32(2)], device="cuda:1")  # checked for syntax, not for a GPU
+    assert (config.epochs, config.learning_rate, config.kappa, config.milestones) == (3, 0.5, 5.0, (2,))
+    assert type(config.epochs) is int and type(config.learning_rate) is float
+    assert "epochs = 3\n" in config.to_toml()
 
 
 def test_presets(tmp_path, tiny_images):
@@ -185,11 +212,22 @@ def test_constant_images_are_skipped_with_a_warning(tiny_images, tmp_path, tiny)
         train(images + [np.zeros((96, 96), np.float32)], tmp_path, **tiny, progress=False)
 
 
-def test_unwritable_output_dir(tiny_images, tmp_path, tiny):
+def test_an_output_dir_that_is_a_file_is_refused_before_any_work(tiny_images, tmp_path, tiny):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(PermissionError, match="not writable"):
-        train(tiny_images[0], blocker / "out", **tiny, progress=False)
+    missing_images = tmp_path / "no-such-images"  # would fail too, but only once the images are read
+    with pytest.raises(FileExistsError, match="is inside .*file, which is an existing file"):
+        train(missing_images, blocker / "out", **tiny, progress=False)
+    with pytest.raises(FileExistsError, match="file is an existing file, not a folder"):
+        train(missing_images, blocker, **tiny, progress=False)
+    assert blocker.read_text() == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_device_that_is_not_there_is_refused_before_any_work(tmp_path, tiny):
+    with pytest.raises(ValueError, match="no CUDA GPU is available"):
+        train(tmp_path / "no-such-images", tmp_path / "out", **tiny, device="cuda", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_resume_refuses_a_different_model(tiny_images, tmp_path, tiny):

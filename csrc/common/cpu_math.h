@@ -89,6 +89,48 @@ CF_ALWAYS_INLINE double exp_poly(double x) {
   return p * bits_as<double>(scale);
 }
 
+// expm1(x) for x <= 0 given e = exp_poly(x): e - 1 where that is accurate (x <= -kExpm1Switch, where
+// 1 - e >= 0.39 resp. 0.22, so the subtraction loses under 2 bits), else the Taylor series of expm1, whose
+// truncation error there is below half an ulp (float: degree 8 on |x| < 0.5; double: degree 13 on
+// |x| < 0.25). Branch-free (both computed, one selected), so it vectorises; NaN stays NaN.
+constexpr float kExpm1SwitchF = 0.5f;
+constexpr double kExpm1SwitchD = 0.25;
+
+CF_ALWAYS_INLINE float expm1_small(float x) {
+  float p = 1.0f / 40320.0f;  // 1/8!
+  p = p * x + 1.0f / 5040.0f;
+  p = p * x + 1.0f / 720.0f;
+  p = p * x + 1.0f / 120.0f;
+  p = p * x + 1.0f / 24.0f;
+  p = p * x + 1.0f / 6.0f;
+  p = p * x + 0.5f;
+  return (p * x) * x + x;
+}
+
+CF_ALWAYS_INLINE double expm1_small(double x) {
+  double p = 1.0 / 6227020800.0;  // 1/13!
+  p = p * x + 1.0 / 479001600.0;
+  p = p * x + 1.0 / 39916800.0;
+  p = p * x + 1.0 / 3628800.0;
+  p = p * x + 1.0 / 362880.0;
+  p = p * x + 1.0 / 40320.0;
+  p = p * x + 1.0 / 5040.0;
+  p = p * x + 1.0 / 720.0;
+  p = p * x + 1.0 / 120.0;
+  p = p * x + 1.0 / 24.0;
+  p = p * x + 1.0 / 6.0;
+  p = p * x + 0.5;
+  return (p * x) * x + x;
+}
+
+CF_ALWAYS_INLINE float expm1_nonpositive(float x, float e) {
+  return x > -kExpm1SwitchF ? expm1_small(x) : e - 1.0f;
+}
+
+CF_ALWAYS_INLINE double expm1_nonpositive(double x, double e) {
+  return x > -kExpm1SwitchD ? expm1_small(x) : e - 1.0;
+}
+
 // Philox4x32-10 of L counters (c0[l], c1, c2[l], c3) at once, bit-identical to philox4x32_10; the rounds
 // run across the lanes so the compiler vectorises them (the lane loop must not be unrolled first, or GCC
 // finds no loop left to vectorise). Word w of lane l is written to out[4 * l + w].

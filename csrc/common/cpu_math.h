@@ -64,14 +64,8 @@ CF_ALWAYS_INLINE float exp_poly(float x) {
   return p * bits_as<float>(scale);
 }
 
-CF_ALWAYS_INLINE double exp_poly(double x) {
-  x = x < -708.0 ? -708.0 : x;
-  x = x > 709.0 ? 709.0 : x;
-  constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52
-  const double t = x * 1.4426950408889634074 + kRound;
-  const double n = t - kRound;
-  double r = x - n * 6.93145751953125e-1;  // ln2 split in a high part exact in n * hi, and the rest
-  r = r - n * 1.42860682030941723212e-6;
+// (exp(r) - 1 - r) / r^2 by its Taylor series to degree 11 (terms 1/2! .. 1/13!), for |r| <= 0.35.
+CF_ALWAYS_INLINE double exp_taylor_tail(double r) {
   double p = 1.0 / 6227020800.0;  // 1/13!
   p = p * r + 1.0 / 479001600.0;
   p = p * r + 1.0 / 39916800.0;
@@ -83,7 +77,18 @@ CF_ALWAYS_INLINE double exp_poly(double x) {
   p = p * r + 1.0 / 120.0;
   p = p * r + 1.0 / 24.0;
   p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
+  return p * r + 0.5;
+}
+
+CF_ALWAYS_INLINE double exp_poly(double x) {
+  x = x < -708.0 ? -708.0 : x;
+  x = x > 709.0 ? 709.0 : x;
+  constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52
+  const double t = x * 1.4426950408889634074 + kRound;
+  const double n = t - kRound;
+  double r = x - n * 6.93145751953125e-1;  // ln2 split in a high part exact in n * hi, and the rest
+  r = r - n * 1.42860682030941723212e-6;
+  double p = exp_taylor_tail(r);
   p = p * (r * r) + r + 1.0;
   const uint64_t scale = (bits_as<uint64_t>(t) - 0x4338000000000000ull + 1023ull) << 52;
   return p * bits_as<double>(scale);
@@ -107,21 +112,7 @@ CF_ALWAYS_INLINE float expm1_small(float x) {
   return (p * x) * x + x;
 }
 
-CF_ALWAYS_INLINE double expm1_small(double x) {
-  double p = 1.0 / 6227020800.0;  // 1/13!
-  p = p * x + 1.0 / 479001600.0;
-  p = p * x + 1.0 / 39916800.0;
-  p = p * x + 1.0 / 3628800.0;
-  p = p * x + 1.0 / 362880.0;
-  p = p * x + 1.0 / 40320.0;
-  p = p * x + 1.0 / 5040.0;
-  p = p * x + 1.0 / 720.0;
-  p = p * x + 1.0 / 120.0;
-  p = p * x + 1.0 / 24.0;
-  p = p * x + 1.0 / 6.0;
-  p = p * x + 0.5;
-  return (p * x) * x + x;
-}
+CF_ALWAYS_INLINE double expm1_small(double x) { return (exp_taylor_tail(x) * x) * x + x; }
 
 CF_ALWAYS_INLINE float expm1_nonpositive(float x, float e) {
   return x > -kExpm1SwitchF ? expm1_small(x) : e - 1.0f;

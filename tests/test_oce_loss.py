@@ -344,6 +344,9 @@ for options in (dict(nonlinearity="gaussian"), dict(detach_reference=True, lambd
     torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(fused_x.grad, ref_x.grad, rtol=1e-10, atol=1e-12)
 torch.save(oce_loss(x.float(), **kw), sys.argv[1])
+sys.path.insert(0, sys.argv[2])  # this path's accuracy on collapsed embeddings and far pairs
+from test_oce_loss import check_accuracy
+check_accuracy()
 """
 
 
@@ -358,7 +361,8 @@ def test_every_cpu_path_matches_the_reference(capability, tmp_path):
     import sys
 
     env = dict(os.environ, CELLULUS_FAST_CPU_CAPABILITY=capability)
-    subprocess.run([sys.executable, "-c", GENERIC_CHECK, str(tmp_path / "loss")], check=True, env=env)
+    subprocess.run([sys.executable, "-c", GENERIC_CHECK, str(tmp_path / "loss"), os.path.dirname(__file__)],
+                   check=True, env=env)
     offsets = (3 * torch.randn(3, 2, 41, 37, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
     here = oce_loss(offsets.float(), density=0.3, kappa=6.0, num_references=9, seed=4)
     torch.testing.assert_close(torch.load(tmp_path / "loss"), here, rtol=1e-5, atol=0)

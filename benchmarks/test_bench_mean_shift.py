@@ -103,3 +103,42 @@ def test_mean_shift_points(benchmark, quick, impl, n):
         model = benchmark.pedantic(fit, rounds=1)
         labels, centers = mean_shift(points, BANDWIDTH, bin_seeding=True)
         assert adjusted_rand_score(model.labels_, labels.numpy()) >= 0.999
+
+
+def _pathological_points(case, n):
+    """Worst cases of mean-shift's cost (issue 14), bandwidth 12: every seed's neighbourhood is large."""
+    g = torch.Generator().manual_seed(0)
+    if case == "ordinary":  # the blobs of test_mean_shift_points, for comparison
+        return _blob_points(n)
+    if case == "one_blob":  # collapsed embeddings (a diverged model): all points within 0.25 bandwidth
+        return 100 + 0.05 * BANDWIDTH * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    if case == "tight_blobs":  # 1000 tight blobs (n / 1000 points each, spread 0.01 bandwidth)
+        centres = torch.rand(1000, 2, generator=g, dtype=torch.float64) * 1000**0.5 * 2 * BANDWIDTH
+        return centres.repeat_interleave(n // 1000, 0) + 0.01 * BANDWIDTH * torch.randn(
+            n // 1000 * 1000, 2, generator=g, dtype=torch.float64)
+    # "disk": uniform in a disk of diameter = bandwidth: every point within one bandwidth of every other
+    r = 0.5 * BANDWIDTH * torch.rand(n, generator=g, dtype=torch.float64).sqrt()
+    t = 2 * torch.pi * torch.rand(n, generator=g, dtype=torch.float64)
+    return torch.stack([r * t.cos(), r * t.sin()], 1)
+
+
+@pytest.mark.parametrize("n", [10_000, 100_000])
+@pytest.mark.parametrize("case", ["ordinary", "one_blob", "tight_blobs", "disk"])
+def test_mean_shift_pathological(benchmark, quick, case, n):
+    """Every point a seed on point sets where each seed's neighbourhood is (nearly) every point: the fused op
+    must stay within ~10x of the ordinary case. Checked against the dense reference at 10k points (full mode)."""
+    from cellulus_fast import reference
+    from cellulus_fast.ops import mean_shift
+
+    if quick and n > 10_000:
+        pytest.skip("full mode only")
+    points = _pathological_points(case, n)
+    benchmark.group = f"mean_shift pathological {n} points"
+    benchmark.extra_info.update(op="mean_shift_pathological", impl=case, points=n)
+    labels, centers = benchmark.pedantic(mean_shift, args=(points, BANDWIDTH), rounds=3, warmup_rounds=1)
+    if case in ("one_blob", "disk"):
+        assert len(centers) == 1 and (labels == 0).all()
+    if n <= 10_000 and not quick:
+        ref_labels, ref_centers = reference.mean_shift(points, BANDWIDTH)
+        assert torch.equal(labels, ref_labels)
+        torch.testing.assert_close(centers, ref_centers, rtol=0, atol=1e-9)

@@ -180,3 +180,159 @@ def test_kernels_check_their_arguments():
         ops.mean_shift_modes(torch.zeros(4, 2), torch.zeros(2, 3), 1.0, 300)
     with pytest.raises(ValueError, match="max_iter"):
         ops.mean_shift_modes(torch.zeros(4, 2), torch.zeros(2, 2), 1.0, -1)
+
+
+# --- hardening (issue 14): non-finite values, bad inputs, CPU == CUDA bit for bit, the collapsed case ------
+
+def test_mean_shift_labels_rejects_any_non_finite_pixel_with_a_count():
+    # The fit uses a 10% subsample, but every foreground pixel is labelled: a NaN outside the subsample used
+    # to reach the kernels (floor of NaN, undefined behaviour) and got a label anyway.
+    emb, mask = synthetic_embeddings(size=48, cells=4)
+    emb = emb.clone()
+    fg = mask.nonzero()
+    for y, x in fg[:3].tolist():
+        emb[0, y, x] = float("nan")
+    emb[1, fg[5, 0], fg[5, 1]] = float("inf")
+    with pytest.raises(ValueError, match=r"4 of its \d+ values are NaN or inf"):
+        mean_shift_labels(emb, mask, 3.0, fit_fraction=0.1, generator=torch.Generator().manual_seed(0))
+    # outside the mask a NaN does not matter
+    emb2, _ = synthetic_embeddings(size=48, cells=4)
+    emb2[:, ~mask] = float("nan")
+    assert mean_shift_labels(emb2, mask, 3.0).max() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_raw_ops_non_finite_points_are_never_neighbours_or_centres(dtype):
+    # The ops themselves define non-finite input (on CPU and CUDA alike): such a point is in no neighbourhood,
+    # a seed with a NaN coordinate finds nothing (count 0: dropped), and such a point's label is -1, also
+    # with cluster_all. Finite points are clustered as if the others were absent (the grid is not poisoned).
+    ops = torch.ops.cellulus_fast
+    nan, inf = float("nan"), float("inf")
+    points = torch.tensor([[0.0, 0.0], [nan, 1.0], [0.5, 0.0], [inf, 0.0], [-inf, nan], [10.0, 10.0]], dtype=dtype)
+    seeds = torch.tensor([[0.0, 0.0], [nan, 0.0], [10.0, 10.0]], dtype=dtype)
+    modes, counts, iterations = ops.mean_shift_modes(points, seeds, 1.0, 300)
+    finite = points[[0, 2, 5]]
+    ref_modes, ref_counts, _ = ops.mean_shift_modes(finite, seeds[[0, 2]], 1.0, 300)
+    assert counts.tolist() == [2, 0, 1] and iterations[1] == 0
+    assert torch.equal(modes[[0, 2]], ref_modes) and torch.equal(counts[[0, 2]], ref_counts)
+    centers = torch.tensor([[0.25, 0.0], [nan, nan], [10.0, 10.0]], dtype=dtype)
+    for cluster_all in (True, False):
+        labels = ops.nearest_center(points, centers, 1.0, cluster_all)
+        assert labels.tolist() == [0, -1, 0, -1, -1, 2]
+
+
+def test_points_that_require_grad_meta_and_huge_values():
+    X = torch.from_numpy(blobs(300, 2, 3, 1.0, seed=6))
+    labels, centers = mean_shift(X.clone().requires_grad_(), 2.0)  # detached, not an internal error
+    ref_labels, ref_centers = mean_shift(X, 2.0)
+    assert torch.equal(labels, ref_labels) and torch.equal(centers, ref_centers) and not centers.requires_grad
+    with pytest.raises(ValueError, match="meta tensor"):
+        mean_shift(torch.empty(10, 2, device="meta"), 1.0)
+    with pytest.raises(ValueError, match="meta tensor"):
+        mean_shift_labels(torch.empty(2, 8, 8, device="meta"), torch.ones(8, 8, dtype=torch.bool), 1.0)
+    emb, mask = synthetic_embeddings(size=32, cells=2)
+    out = mean_shift_labels(emb.clone().requires_grad_(), mask, 3.0)
+    assert torch.equal(out, mean_shift_labels(emb, mask, 3.0))
+    # 1e30: a correct result (in float32 too)
+    for dtype in (torch.float32, torch.float64):
+        far = torch.tensor([[0.0, 0.0], [1e30, 1e30], [1.0, 1.0], [1e30, -1e30]], dtype=dtype)
+        labels, centers = mean_shift(far, 2.0)
+        ref_labels, ref_centers = reference.mean_shift(far, 2.0)
+        assert torch.equal(labels, ref_labels) and torch.equal(centers, ref_centers)
+    # coordinates whose differences overflow float64: a clear error, not undefined behaviour
+    with pytest.raises(ValueError, match="float64 range"):
+        mean_shift(torch.tensor([[-1e308, 0.0], [1e308, 0.0]], dtype=torch.float64), 1.0)
+
+
+# A pair at distance ~bandwidth where an FMA-contracted sum of squares, fma(d1, d1, d0 * d0), rounds above
+# bandwidth^2 while the separately rounded d0 * d0 + d1 * d1 (CPU, NumPy, scikit-learn, the reference) stays
+# within: CUDA with nvcc's default contraction counted one point less here.
+FMA_PAIR = (0.5757620794426401, 0.8176172869233423)
+
+
+def test_fma_boundary_pair_is_a_neighbour():
+    from fractions import Fraction
+
+    d0, d1 = FMA_PAIR
+    assert d0 * d0 + d1 * d1 <= 1.0
+    assert float(Fraction(d1) * Fraction(d1) + Fraction(d0 * d0)) > 1.0  # what an FMA would give
+    points = torch.tensor([[0.0, 0.0], list(FMA_PAIR)], dtype=torch.float64)
+    _, counts, _ = torch.ops.cellulus_fast.mean_shift_modes(points, points[:1], 1.0, 300)
+    assert counts.tolist() == [2]
+    labels, centers = mean_shift(points, 1.0)
+    ref_labels, ref_centers = reference.mean_shift(points, 1.0)
+    assert torch.equal(labels, ref_labels) and torch.equal(centers, ref_centers)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_modes_equal_cpu_bit_for_bit(dims, dtype):
+    # Same double arithmetic on both devices (cell keys in the kernels, no FMA contraction): the modes, counts
+    # and iteration counts are identical, so are the merging of identical modes and the labels.
+    ops = torch.ops.cellulus_fast
+    X = torch.from_numpy(blobs(4000, dims, 25, 1.2, seed=8)).to(dtype)
+    cases = [(X, X, 2.5), (X, X[::7].clone(), 1.7)]
+    boundary = torch.tensor([[0.0] * dims, list(FMA_PAIR) + [0.0] * (dims - 2)], dtype=dtype)
+    cases.append((boundary, boundary, 1.0))
+    for points, seeds, bandwidth in cases:
+        cpu = ops.mean_shift_modes(points, seeds, bandwidth, 300)
+        gpu = ops.mean_shift_modes(points.cuda(), seeds.cuda(), bandwidth, 300)
+        for a, b in zip(cpu, gpu):
+            assert torch.equal(a, b.cpu())
+        centers = cpu[0][::5].contiguous()
+        for cluster_all in (True, False):
+            assert torch.equal(ops.nearest_center(points, centers, bandwidth, cluster_all),
+                               ops.nearest_center(points.cuda(), centers.cuda(), bandwidth, cluster_all).cpu())
+
+
+@pytest.mark.cuda
+def test_cuda_non_finite_points_like_cpu():
+    ops = torch.ops.cellulus_fast
+    nan = float("nan")
+    points = torch.tensor([[0.0, 0.0], [nan, 1.0], [0.5, 0.0], [10.0, 10.0]], dtype=torch.float64)
+    seeds = torch.tensor([[0.0, 0.0], [nan, 0.0]], dtype=torch.float64)
+    cpu = ops.mean_shift_modes(points, seeds, 1.0, 300)
+    gpu = ops.mean_shift_modes(points.cuda(), seeds.cuda(), 1.0, 300)
+    assert torch.equal(cpu[1], gpu[1].cpu()) and torch.equal(cpu[0][0], gpu[0][0].cpu())
+    centers = points[[0, 3]]
+    assert torch.equal(ops.nearest_center(points, centers, 1.0, True),
+                       ops.nearest_center(points.cuda(), centers.cuda(), 1.0, True).cpu())
+
+
+def _collapsed(n, spread, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return 50.0 + spread * torch.randn(n, 2, generator=g, dtype=torch.float64)
+
+
+def test_collapsed_embeddings_cost_like_ordinary_ones():
+    # Every point within one bandwidth of every other (a diverged model's embeddings): each seed used to scan
+    # every point at every step, O(N^2). Cells lying wholly inside a seed's ball now count at once (their
+    # precomputed sums: the same additions, so the same modes bit for bit).
+    import time
+
+    n, bandwidth = 40_000, 12.0
+    ordinary = torch.from_numpy(blobs(n, 2, n // 400, 1.5, seed=0) * 10)
+    collapsed = _collapsed(n, 0.05 * bandwidth)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = {}
+        for name, X in (("ordinary", ordinary), ("collapsed", collapsed)):
+            start = time.perf_counter()
+            labels, centers = mean_shift(X, bandwidth)
+            times[name] = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    assert len(centers) == 1 and (labels == 0).all()
+    assert times["collapsed"] <= 10 * times["ordinary"] + 0.5, times
+
+
+@pytest.mark.parametrize("spread", [0.02, 0.3, 1.0])
+def test_collapsed_embeddings_match_reference(spread):
+    X = _collapsed(3000, spread * 2.5, seed=1)
+    for kw in (dict(), dict(cluster_all=False), dict(seeds=X[::13])):
+        labels, centers = mean_shift(X, 2.5, **kw)
+        ref_labels, ref_centers = reference.mean_shift(X, 2.5, **kw)
+        torch.testing.assert_close(centers, ref_centers, rtol=0, atol=1e-9)
+        assert torch.equal(labels, ref_labels)

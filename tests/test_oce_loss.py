@@ -344,6 +344,9 @@ for options in (dict(nonlinearity="gaussian"), dict(detach_reference=True, lambd
     torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(fused_x.grad, ref_x.grad, rtol=1e-10, atol=1e-12)
 torch.save(oce_loss(x.float(), **kw), sys.argv[1])
+sys.path.insert(0, sys.argv[2])  # this path's accuracy on collapsed embeddings and far pairs
+from test_oce_loss import check_accuracy
+check_accuracy()
 """
 
 
@@ -358,7 +361,211 @@ def test_every_cpu_path_matches_the_reference(capability, tmp_path):
     import sys
 
     env = dict(os.environ, CELLULUS_FAST_CPU_CAPABILITY=capability)
-    subprocess.run([sys.executable, "-c", GENERIC_CHECK, str(tmp_path / "loss")], check=True, env=env)
+    subprocess.run([sys.executable, "-c", GENERIC_CHECK, str(tmp_path / "loss"), os.path.dirname(__file__)],
+                   check=True, env=env)
     offsets = (3 * torch.randn(3, 2, 41, 37, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
     here = oce_loss(offsets.float(), density=0.3, kappa=6.0, num_references=9, seed=4)
     torch.testing.assert_close(torch.load(tmp_path / "loss"), here, rtol=1e-5, atol=0)
+
+
+# --- hardening (issue 14) ------------------------------------------------------------------------------------
+
+def collapsed_offsets(batch, spatial, dtype, seed=0):
+    """Offsets r = -x + k / 1024, k = +-4 in a checkerboard: every embedding within ~1e-2 of the origin, every
+    difference e_i - e_j exact in float32 and either 0 or of one length (d^2 / tau ~ 1e-5), so that only the
+    nonlinearity's evaluation can differ from float64, by the same error in every pair (no averaging out)."""
+    grids = torch.meshgrid(*[torch.arange(s, dtype=torch.float64) for s in spatial], indexing="ij")
+    coords = torch.stack(grids)
+    k = 4.0 * (1 - 2 * (sum(grids) % 2))
+    return (-coords + k / 1024).expand(batch, *coords.shape).contiguous().to(dtype)
+
+
+ACCURACY_CASES = [(torch.float32, (30, 33)), (torch.float64, (30, 33)), (torch.float32, (14, 15, 13)),
+                  (torch.float64, (14, 15, 13))]
+
+
+def check_accuracy(device="cpu"):
+    """The loss and gradient of the fused op against the float64 reference at rtol 1e-4, where a naive
+    formula is far off: collapsed embeddings (gaussian 1 - exp(-x), x ~ 1e-5) and far pairs (sigmoid slope
+    s (1 - s) with x ~ 20, which is 0 in float32)."""
+    for dtype, spatial in ACCURACY_CASES:
+        offsets = collapsed_offsets(2, spatial, dtype)
+        kw = dict(density=0.5, kappa=3.0, num_references=9, seed=3)
+        a, r = sample_pairs(offsets, **kw)
+        x = offsets.to(device, copy=True).requires_grad_()
+        loss = oce_loss(x, nonlinearity="gaussian", lambda_reg=0.0, **kw)
+        loss.backward()
+        y = offsets.double().clone().requires_grad_()
+        ref = reference.oce_loss(y, a, r, nonlinearity="gaussian", lambda_reg=0.0)
+        ref.backward()
+        assert 0 < ref.item() / (2 * num_anchors(spatial, 0.5, 3.0) * 9) < 1e-4  # d^2 / tau ~ 1e-5
+        torch.testing.assert_close(loss.cpu().double(), ref.detach(), rtol=1e-4, atol=0)
+        torch.testing.assert_close(x.grad.cpu().double(), y.grad, rtol=1e-4, atol=1e-9)
+        # sigmoid with d^2 / tau ~ 20: kappa = 1 (every lattice offset of length 1), tau = 1 / 20
+        far = random_offsets((2, len(spatial), *spatial), dtype, seed=4, scale=0.003)
+        kw = dict(density=0.5, kappa=1.0, num_references=4, seed=5)
+        a, r = sample_pairs(far, **kw)
+        x = far.to(device, copy=True).requires_grad_()
+        oce_loss(x, tau=0.05, lambda_reg=0.0, **kw).backward()
+        y = far.double().clone().requires_grad_()
+        reference.oce_loss(y, a, r, tau=0.05, lambda_reg=0.0).backward()
+        error = torch.linalg.vector_norm(x.grad.cpu().double() - y.grad) / torch.linalg.vector_norm(y.grad)
+        assert error < 1e-4, (dtype, spatial, error.item())
+
+
+def test_collapsed_embeddings_and_far_pairs_accurate():
+    check_accuracy()
+
+
+def test_refuses_more_than_int32_anchors():
+    # 70000^2 anchor positions: > 2^32, which the kernels' 32-bit counters used to wrap (to 605M anchors and a
+    # 39 GB allocation). An expanded tensor: no memory is used.
+    huge = torch.zeros(1, 2, 1, 1).expand(1, 2, 70_000, 70_000)
+    with pytest.raises(ValueError, match="anchors per image"):
+        oce_loss(huge, density=1.0, kappa=3.0, seed=0)
+    with pytest.raises(ValueError, match="anchors per image"):
+        sample_pairs(huge, density=1.0, kappa=3.0, seed=0)
+    with pytest.raises(ValueError, match="anchors per image"):
+        torch.ops.cellulus_fast.oce_loss(huge, 1.0, 3.0, 1, 10.0, 0.0, "sigmoid", False, 0, "sum")
+    with pytest.raises(ValueError, match="anchors per image"):
+        torch.ops.cellulus_fast.sample_pairs(huge, 1.0, 3.0, 1, 0)
+    with pytest.raises(ValueError, match="num_references"):
+        torch.ops.cellulus_fast.oce_loss(torch.zeros(1, 2, 30, 30), 0.1, 3.0, 2**32 + 1, 10.0, 0.0, "sigmoid",
+                                         False, 0, "sum")
+    with pytest.raises(ValueError, match="num_references"):
+        oce_loss(torch.zeros(1, 2, 30, 30), kappa=3.0, num_references=2**31, seed=0)
+
+
+@pytest.mark.parametrize("seed", [2**63, 2**64, -1])
+def test_seed_out_of_range_is_a_clear_error(seed):
+    with pytest.raises(ValueError, match="seed must be"):
+        oce_loss(torch.zeros(1, 2, 30, 30), kappa=3.0, seed=seed)
+    with pytest.raises(ValueError, match="seed must be"):
+        sample_pairs((1, 2, 30, 30), kappa=3.0, seed=seed)
+    assert torch.isfinite(oce_loss(torch.zeros(1, 2, 30, 30), kappa=3.0, seed=2**63 - 1))
+
+
+def autocast_step(device, dtype):
+    """A bfloat16/float16 network output under torch.autocast: the loss (float32) and the input's gradient,
+    and the same computed in float32 from the same half-precision offsets."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(2, 2, 40, 36, generator=g).to(device)
+    weight = (0.5 * torch.randn(2, 2, 3, 3, generator=g)).to(device).requires_grad_()
+    with torch.autocast(device, dtype=dtype):
+        offsets = torch.nn.functional.conv2d(image, weight, padding=1)
+        assert offsets.dtype == dtype
+        loss = oce_loss(offsets, kappa=5.0, num_references=3, seed=1)
+        loss_no_grad = oce_loss(offsets.detach(), kappa=5.0, num_references=3, seed=1)
+        anchors, _ = sample_pairs(offsets, kappa=5.0, num_references=3, seed=1)
+    (grad,) = torch.autograd.grad(loss, weight, retain_graph=True)
+    half = offsets.detach().float().requires_grad_()
+    expected = oce_loss(half, kappa=5.0, num_references=3, seed=1)
+    (expected_offsets_grad,) = torch.autograd.grad(expected, half)
+    (expected_grad,) = torch.autograd.grad(offsets, weight, expected_offsets_grad.to(dtype))
+    assert loss.dtype == torch.float32 and torch.equal(loss, expected) and torch.equal(loss_no_grad, expected)
+    assert torch.equal(anchors, sample_pairs(half, kappa=5.0, num_references=3, seed=1)[0])
+    torch.testing.assert_close(grad, expected_grad)
+    # The ops themselves (what torch.compile and direct callers see) under autocast:
+    ops = torch.ops.cellulus_fast
+    args = (0.2, 5.0, 3, 10.0, 1e-5, "sigmoid", False, 1, "sum")
+    with torch.autocast(device, dtype=dtype):
+        assert torch.equal(ops.oce_loss(offsets.detach(), *args), expected)
+        back = ops.oce_loss_backward(torch.ones((), device=device), offsets.detach(), *args)
+        assert back.dtype == dtype
+        torch.testing.assert_close(back, expected_offsets_grad.to(dtype))
+    # Outside autocast half precision is computed in float32 as well (by the Python layer).
+    assert torch.equal(oce_loss(offsets.detach(), kappa=5.0, num_references=3, seed=1), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_cpu(dtype):
+    autocast_step("cpu", dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_cuda(dtype):
+    autocast_step("cuda", dtype)
+
+
+def test_deterministic_mode_allows_the_cpu_kernels():
+    # The CPU backward is deterministic (fixed chunks, no atomics): no alert there.
+    x = random_offsets((2, 2, 30, 30), torch.float32).requires_grad_()
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        oce_loss(x, kappa=4.0, seed=0).backward()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+@pytest.mark.cuda
+def test_cuda_backward_alerts_deterministic_mode():
+    # Float atomics in the CUDA backward: torch.use_deterministic_algorithms(True) must refuse it (and warn
+    # with warn_only), while the forward alone (deterministic block sums) is allowed.
+    x = random_offsets((2, 2, 30, 30), torch.float32).cuda().requires_grad_()
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        with torch.no_grad():
+            oce_loss(x, kappa=4.0, seed=0)
+        with pytest.raises(RuntimeError, match="oce_loss_backward_cuda"):
+            oce_loss(x, kappa=4.0, seed=0)  # the loss-and-gradient op
+        with pytest.raises(RuntimeError, match="oce_loss_backward_cuda"):
+            torch.ops.cellulus_fast.oce_loss(x, 0.2, 4.0, 1, 10.0, 1e-5, "sigmoid", False, 0, "sum").backward()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match="oce_loss_backward_cuda"):
+            oce_loss(x, kappa=4.0, seed=0).backward()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+@pytest.mark.cuda
+def test_cuda_training_step_never_synchronises():
+    # The lattice-disk table used to be copied from pageable host memory on every call (a host-GPU sync, and
+    # illegal under CUDA graph capture). Now it is built on the GPU: a step raises nothing in sync-debug mode
+    # "error", even the first with a new kappa.
+    weight = torch.randn(1, 2, 1, 1, device="cuda", requires_grad=True)
+    image = torch.randn(2, 1, 48, 44, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for kappa in (4.5, 4.5, 3.25):
+            offsets = image * weight
+            oce_loss(offsets, kappa=kappa, num_references=3, seed=2).backward()  # loss and gradient op
+            with torch.no_grad():
+                loss = oce_loss(offsets, kappa=kappa, seed=2)  # the forward op
+            torch.ops.cellulus_fast.oce_loss(offsets, 0.2, kappa, 2, 10.0, 1e-5, "gaussian", True, 3,
+                                             "mean").backward()  # forward op + its backward op
+            sample_pairs(offsets, kappa=kappa, seed=2)
+            with torch.no_grad():
+                weight -= 1e-3 * weight.grad
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss).item() and torch.isfinite(weight).all().item()
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture():
+    # What torch.compile(mode="reduce-overhead") needs: the ops can be captured into a CUDA graph and replayed.
+    x = random_offsets((2, 2, 40, 40), torch.float32).cuda()
+    static = x.clone()
+    args = (0.2, 4.0, 3, 10.0, 1e-5, "sigmoid", False, 4, "sum")
+    expected = torch.ops.cellulus_fast.oce_loss_and_grad(x, *args)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up on a side stream, as the CUDA graphs docs do
+        torch.ops.cellulus_fast.oce_loss_and_grad(static, *args)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss, grad = torch.ops.cellulus_fast.oce_loss_and_grad(static, *args)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(loss, expected[0])
+    torch.testing.assert_close(grad, expected[1])
+
+
+@pytest.mark.cuda
+def test_cuda_accuracy():
+    check_accuracy("cuda")

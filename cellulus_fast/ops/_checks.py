@@ -1,6 +1,7 @@
 """Argument checks shared by the operator wrappers: clear errors naming the argument, before any kernel runs."""
 import math
 from numbers import Integral, Real
+from typing import Optional
 
 import torch
 
@@ -27,12 +28,23 @@ def check_real(name: str, value: object, *, low: float, high: float = math.inf, 
     return value
 
 
-def check_int(name: str, value: object, *, low: int) -> int:
+def check_int(name: str, value: object, *, low: int, high: Optional[int] = None, high_text: str = "") -> int:
+    """An integer >= low (and <= high if given; ``high_text`` spells high in the message, e.g. "2**63 - 1")."""
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high_text or high}, got {value}")
     return int(value)
+
+
+def count_non_finite(name: str, value: torch.Tensor) -> None:
+    """A clear error if the tensor holds NaN or inf (how many, and where to look)."""
+    bad = int((~torch.isfinite(value)).sum())
+    if bad:
+        raise ValueError(f"{name} must be finite: {bad} of its {value.numel()} values are NaN or inf "
+                         "(a diverged model?)")
 
 
 def check_choice(name: str, value: object, choices: tuple) -> str:

@@ -13,15 +13,19 @@ import numpy as np
 import torch
 
 from .._extension import OPS
-from ._checks import check_float_tensor, check_int, check_real
+from ._checks import check_float_tensor, check_int, check_real, count_non_finite
 
 
 def _check_points(name: str, points: object) -> torch.Tensor:
+    """The points as a plain (detached) tensor: clustering is not differentiable, its results are indices
+    and positions."""
     check_float_tensor(name, points)
+    if points.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (shape only, no values): mean-shift needs the values")
     if points.dim() != 2 or points.shape[1] not in (2, 3):
         raise ValueError(f"{name} must have shape (N, D) with D in {{2, 3}}, got {tuple(points.shape)}")
-    if not torch.isfinite(points).all():
-        raise ValueError(f"{name} must be finite (no NaN or inf)")
+    points = points.detach()
+    count_non_finite(name, points)
     return points
 
 
@@ -75,7 +79,8 @@ def mean_shift(points: torch.Tensor, bandwidth: float, *, seeds: Optional[torch.
     results instead of raising.
 
     Args:
-        points: (N, D) float32/float64 tensor, D in {2, 3}, on CPU or CUDA.
+        points: (N, D) float32/float64 tensor, D in {2, 3}, on CPU or CUDA, finite (a ValueError says how many
+            values are not); a tensor that requires grad is detached (clustering is not differentiable).
         bandwidth: radius of the flat kernel, > 0.
         seeds: optional (S, D) starting positions.
     Returns:
@@ -127,10 +132,15 @@ def mean_shift_labels(embeddings: torch.Tensor, mask: torch.Tensor, bandwidth: f
             or embeddings.shape[1:] != mask.shape or embeddings.shape[0] != mask.dim():
         raise ValueError(f"embeddings must have shape (D, *spatial) with D = mask.dim() and spatial = mask.shape; "
                          f"got embeddings {tuple(getattr(embeddings, 'shape', ()))}, mask {tuple(mask.shape)}")
+    check_float_tensor("embeddings", embeddings)
+    if embeddings.device.type == "meta":
+        raise ValueError("embeddings is a meta tensor (shape only, no values): mean-shift needs the values")
     labels = torch.zeros(mask.shape, dtype=torch.long, device=embeddings.device)
-    points = embeddings[:, mask].T.contiguous()
+    points = embeddings.detach()[:, mask].T.contiguous()
     if len(points) == 0:
         return labels
+    # Every pixel is labelled, not only the fitted subsample: all must be finite.
+    count_non_finite("embeddings (foreground pixels)", points)
     fit = points
     if fit_fraction is not None:
         fit_fraction = check_real("fit_fraction", fit_fraction, low=0.0, high=1.0, low_open=True)

@@ -28,8 +28,12 @@ def num_anchors(spatial: Sequence[int], density: float, kappa: float) -> int:
     return max(1, math.floor(density * valid))
 
 
-def _check_offsets(offsets: torch.Tensor, kappa: float) -> None:
-    check_float_tensor("offsets", offsets)
+def _check_offsets(offsets: torch.Tensor, kappa: float, density: float, *, half: bool = False) -> None:
+    """Shape and dtype checks; `half`: float16/bfloat16 accepted too (computed in float32)."""
+    if half and isinstance(offsets, torch.Tensor) and offsets.dtype in HALF_TYPES:
+        pass
+    else:
+        check_float_tensor("offsets", offsets)
     if offsets.dim() not in (4, 5):
         raise ValueError(f"offsets must have shape (B, D, *spatial) with 2 or 3 spatial dims, got shape "
                          f"{tuple(offsets.shape)}")
@@ -40,20 +44,34 @@ def _check_offsets(offsets: torch.Tensor, kappa: float) -> None:
     if any(size <= 2 * margin for size in offsets.shape[2:]):
         raise ValueError(f"every spatial size of offsets must exceed 2 * floor(kappa) = {2 * margin}, got "
                          f"{tuple(offsets.shape[2:])}")
+    anchors = num_anchors(offsets.shape[2:], density, kappa)
+    if anchors > MAX_COUNT or offsets.shape[0] > MAX_COUNT:
+        raise ValueError(f"offsets of shape {tuple(offsets.shape)} with density={density} give {anchors} anchors per "
+                         "image; at most 2**31 - 1 anchors per image (and images per batch) are supported: lower "
+                         "density or use smaller crops")
 
 
 def _check_sampling(density: float, kappa: float, num_references: int) -> Tuple[float, float, int]:
     density = check_real("density", density, low=0.0, high=1.0, low_open=True)
     kappa = check_real("kappa", kappa, low=1.0)
-    num_references = check_int("num_references", num_references, low=1)
+    num_references = check_int("num_references", num_references, low=1, high=MAX_COUNT, high_text="2**31 - 1")
     return density, kappa, num_references
+
+
+MAX_SEED = 2**63 - 1  # the ops take a signed 64-bit seed
+MAX_COUNT = 2**31 - 1  # the kernels count images, anchors per image and references with 32-bit counters
+HALF_TYPES = (torch.float16, torch.bfloat16)
+
+
+def _check_seed(seed: object) -> int:
+    return check_int("seed", seed, low=0, high=MAX_SEED, high_text="2**63 - 1")
 
 
 def _resolve_seed(seed: Optional[int]) -> int:
     """An explicit seed, or one drawn from torch's global generator (so torch.manual_seed governs it)."""
     if seed is None:
         return int(torch.randint(0, 2**62, (1,)).item())
-    return check_int("seed", seed, low=0)
+    return _check_seed(seed)
 
 
 def oce_loss(offsets: torch.Tensor, *, density: float = 0.2, kappa: float = 10.0, num_references: int = 1,
@@ -87,13 +105,19 @@ def oce_loss(offsets: torch.Tensor, *, density: float = 0.2, kappa: float = 10.0
     the CPU loss does not depend on the number of threads. ``seed=None`` draws one from torch's global
     generator. The backward is not itself differentiable (no second derivatives).
 
+    Mixed precision: float16/bfloat16 offsets (e.g. a network's output under ``torch.autocast``) are computed
+    in float32 and give a float32 loss; the gradient reaches them through the cast. (The ops register Autocast
+    kernels for CPU and CUDA that do this cast, as torchvision's ops do.)
+
     Args:
-        offsets: (B, D, *spatial) float32/float64 network output, D = number of spatial dims (2 or 3).
+        offsets: (B, D, *spatial) float32/float64 (or float16/bfloat16, see above) network output, D = number of
+            spatial dims (2 or 3); at most 2**31 - 1 anchors per image.
+        seed: in [0, 2**63 - 1], or None.
     Returns:
-        A 0-dim tensor of the dtype of ``offsets``.
+        A 0-dim tensor of the dtype of ``offsets`` (float32 for float16/bfloat16).
     """
     density, kappa, num_references = _check_sampling(density, kappa, num_references)
-    _check_offsets(offsets, kappa)
+    _check_offsets(offsets, kappa, density, half=True)
     tau = check_real("tau", tau, low=0.0, low_open=True)
     lambda_reg = check_real("lambda_reg", lambda_reg, low=0.0)
     nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
@@ -102,6 +126,8 @@ def oce_loss(offsets: torch.Tensor, *, density: float = 0.2, kappa: float = 10.0
         raise TypeError(f"detach_reference must be a bool, got {type(detach_reference).__name__}")
     args = (density, kappa, num_references, tau, lambda_reg, nonlinearity, detach_reference,
             _resolve_seed(seed), reduction)
+    if offsets.dtype in HALF_TYPES and not torch.is_autocast_enabled(offsets.device.type):
+        offsets = offsets.float()  # (under autocast the ops' Autocast kernels cast, see csrc/autocast.cpp)
     if torch.is_grad_enabled() and offsets.requires_grad:
         return OPS.oce_loss_and_grad(offsets, *args)[0]
     return OPS.oce_loss(offsets, *args)
@@ -122,8 +148,10 @@ def sample_pairs(offsets_or_shape: Union[torch.Tensor, Sequence[int]], *, densit
             offsets = offsets.to(device)
     else:
         offsets = torch.empty(tuple(offsets_or_shape), device=device)
-    _check_offsets(offsets, kappa)
-    return OPS.sample_pairs(offsets, density, kappa, num_references, check_int("seed", seed, low=0))
+    _check_offsets(offsets, kappa, density, half=True)
+    if offsets.dtype in HALF_TYPES:
+        offsets = offsets.float()  # (only the shape matters)
+    return OPS.sample_pairs(offsets, density, kappa, num_references, _check_seed(seed))
 
 
 # --- torch.library registrations: fake kernels (shape propagation for torch.compile) and autograd -------

@@ -64,14 +64,8 @@ CF_ALWAYS_INLINE float exp_poly(float x) {
   return p * bits_as<float>(scale);
 }
 
-CF_ALWAYS_INLINE double exp_poly(double x) {
-  x = x < -708.0 ? -708.0 : x;
-  x = x > 709.0 ? 709.0 : x;
-  constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52
-  const double t = x * 1.4426950408889634074 + kRound;
-  const double n = t - kRound;
-  double r = x - n * 6.93145751953125e-1;  // ln2 split in a high part exact in n * hi, and the rest
-  r = r - n * 1.42860682030941723212e-6;
+// (exp(r) - 1 - r) / r^2 by its Taylor series to degree 11 (terms 1/2! .. 1/13!), for |r| <= 0.35.
+CF_ALWAYS_INLINE double exp_taylor_tail(double r) {
   double p = 1.0 / 6227020800.0;  // 1/13!
   p = p * r + 1.0 / 479001600.0;
   p = p * r + 1.0 / 39916800.0;
@@ -83,10 +77,49 @@ CF_ALWAYS_INLINE double exp_poly(double x) {
   p = p * r + 1.0 / 120.0;
   p = p * r + 1.0 / 24.0;
   p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
+  return p * r + 0.5;
+}
+
+CF_ALWAYS_INLINE double exp_poly(double x) {
+  x = x < -708.0 ? -708.0 : x;
+  x = x > 709.0 ? 709.0 : x;
+  constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52
+  const double t = x * 1.4426950408889634074 + kRound;
+  const double n = t - kRound;
+  double r = x - n * 6.93145751953125e-1;  // ln2 split in a high part exact in n * hi, and the rest
+  r = r - n * 1.42860682030941723212e-6;
+  double p = exp_taylor_tail(r);
   p = p * (r * r) + r + 1.0;
   const uint64_t scale = (bits_as<uint64_t>(t) - 0x4338000000000000ull + 1023ull) << 52;
   return p * bits_as<double>(scale);
+}
+
+// expm1(x) for x <= 0 given e = exp_poly(x): e - 1 where that is accurate (x <= -kExpm1Switch, where
+// 1 - e >= 0.39 resp. 0.22, so the subtraction loses under 2 bits), else the Taylor series of expm1, whose
+// truncation error there is below half an ulp (float: degree 8 on |x| < 0.5; double: degree 13 on
+// |x| < 0.25). Branch-free (both computed, one selected), so it vectorises; NaN stays NaN.
+constexpr float kExpm1SwitchF = 0.5f;
+constexpr double kExpm1SwitchD = 0.25;
+
+CF_ALWAYS_INLINE float expm1_small(float x) {
+  float p = 1.0f / 40320.0f;  // 1/8!
+  p = p * x + 1.0f / 5040.0f;
+  p = p * x + 1.0f / 720.0f;
+  p = p * x + 1.0f / 120.0f;
+  p = p * x + 1.0f / 24.0f;
+  p = p * x + 1.0f / 6.0f;
+  p = p * x + 0.5f;
+  return (p * x) * x + x;
+}
+
+CF_ALWAYS_INLINE double expm1_small(double x) { return (exp_taylor_tail(x) * x) * x + x; }
+
+CF_ALWAYS_INLINE float expm1_nonpositive(float x, float e) {
+  return x > -kExpm1SwitchF ? expm1_small(x) : e - 1.0f;
+}
+
+CF_ALWAYS_INLINE double expm1_nonpositive(double x, double e) {
+  return x > -kExpm1SwitchD ? expm1_small(x) : e - 1.0;
 }
 
 // Philox4x32-10 of L counters (c0[l], c1, c2[l], c3) at once, bit-identical to philox4x32_10; the rounds

@@ -12,6 +12,45 @@ namespace cellulus_fast {
 namespace ms {
 namespace {
 
+// The per-point steps of build_grid on the CPU.
+at::Tensor cell_keys_cpu(const at::Tensor& points, const GridData& grid) {
+  const at::Tensor x = points.contiguous();
+  const int64_t n = x.size(0);
+  at::Tensor keys = at::empty({n}, x.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cell_keys_cpu", [&] {
+    dispatch_dims(x.size(1), [&](auto dims) {
+      constexpr int D = decltype(dims)::value;
+      const CellGrid<D> g = grid.view<D>();
+      const scalar_t* data = x.data_ptr<scalar_t>();
+      int64_t* out = keys.data_ptr<int64_t>();
+      at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) out[i] = point_cell<D, scalar_t>(g, data + i * D, grid.cells);
+      });
+    });
+  });
+  return keys;
+}
+
+void cell_stats_cpu(GridData& grid) {
+  AT_DISPATCH_FLOATING_TYPES(grid.sorted.scalar_type(), "cell_stats_cpu", [&] {
+    dispatch_dims(grid.sorted.size(1), [&](auto dims) {
+      constexpr int D = decltype(dims)::value;
+      const CellGrid<D> g = grid.view<D>();
+      const scalar_t* sorted = grid.sorted.data_ptr<scalar_t>();
+      double* sum = const_cast<double*>(g.cell_sum);
+      double* lo = const_cast<double*>(g.cell_lo);
+      double* hi = const_cast<double*>(g.cell_hi);
+      at::parallel_for(0, grid.cells, 1 << 16, [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) cell_stats<D, scalar_t>(sorted, g.start, c, sum, lo, hi);
+      });
+    });
+  });
+}
+
+GridData grid_cpu(const at::Tensor& points, double bandwidth, bool with_stats = false) {
+  return build_grid(points, bandwidth, with_stats, cell_keys_cpu, cell_stats_cpu);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mean_shift_modes_cpu(const at::Tensor& points_in,
                                                                     const at::Tensor& seeds_in, double bandwidth,
                                                                     int64_t max_iter) {
@@ -21,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mean_shift_modes_cpu(const at::Te
   const int64_t num_seeds = modes.size(0);
   at::Tensor counts = at::empty({num_seeds}, points.options().dtype(at::kLong));
   at::Tensor iterations = at::empty({num_seeds}, points.options().dtype(at::kLong));
-  const GridData grid = build_grid(points, bandwidth);
+  const GridData grid = grid_cpu(points, bandwidth, /*with_stats=*/true);
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "mean_shift_modes_cpu", [&] {
     dispatch_dims(points.size(1), [&](auto dims) {
       constexpr int D = decltype(dims)::value;
@@ -50,7 +89,7 @@ at::Tensor mean_shift_dedup_cpu(const at::Tensor& centers_in, double bandwidth) 
   const at::Tensor centers = centers_in.contiguous();
   const int64_t m = centers.size(0);
   at::Tensor keep = at::ones({m}, centers.options().dtype(at::kBool));
-  const GridData grid = build_grid(centers, bandwidth);
+  const GridData grid = grid_cpu(centers, bandwidth);
   const double radius_sq = bandwidth * bandwidth;
   AT_DISPATCH_FLOATING_TYPES(centers.scalar_type(), "mean_shift_dedup_cpu", [&] {
     dispatch_dims(centers.size(1), [&](auto dims) {
@@ -63,7 +102,7 @@ at::Tensor mean_shift_dedup_cpu(const at::Tensor& centers_in, double bandwidth) 
       for (int64_t i = 0; i < m; ++i) {
         if (!kept[i]) continue;
         for_each_nearby<D, scalar_t>(g, data + i * D, [&](int64_t s) {
-          if (order[s] != i && squared_distance<D, scalar_t>(sorted + s * D, data + i * D) <= radius_sq) {
+          if (order[s] != i && squared_distance<D, scalar_t, scalar_t>(sorted + s * D, data + i * D) <= radius_sq) {
             kept[order[s]] = false;
           }
         });
@@ -80,7 +119,7 @@ at::Tensor nearest_center_cpu(const at::Tensor& points_in, const at::Tensor& cen
   const at::Tensor centers = centers_in.to(points.scalar_type()).contiguous();
   const int64_t n = points.size(0), k = centers.size(0);
   at::Tensor labels = at::empty({n}, points.options().dtype(at::kLong));
-  const GridData grid = build_grid(centers, bandwidth);
+  const GridData grid = grid_cpu(centers, bandwidth);
   const double radius_sq = bandwidth * bandwidth;
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "nearest_center_cpu", [&] {
     dispatch_dims(points.size(1), [&](auto dims) {
@@ -93,10 +132,7 @@ at::Tensor nearest_center_cpu(const at::Tensor& points_in, const at::Tensor& cen
       int64_t* out = labels.data_ptr<int64_t>();
       at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
-          double sq;
-          int64_t best = nearest_nearby<D, scalar_t>(x + i * D, sorted, order, g, &sq);
-          if (best < 0 || sq > radius_sq) best = cluster_all ? nearest_scan<D, scalar_t>(x + i * D, all, k, &sq) : -1;
-          out[i] = best;
+          out[i] = nearest_label<D, scalar_t>(x + i * D, sorted, order, g, all, k, radius_sq, cluster_all);
         }
       });
     });

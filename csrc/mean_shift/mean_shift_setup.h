@@ -1,5 +1,5 @@
-// Host-side set-up shared by the CPU and CUDA mean-shift kernels: checks and the uniform cell grid,
-// built with device-agnostic ATen ops (so it runs where the points are).
+// Host-side set-up shared by the CPU and CUDA mean-shift kernels: checks and the uniform cell grid, built
+// with device-agnostic ATen ops and the per-point kernels of each device (so it runs where the points are).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -7,11 +7,13 @@
 #include <ATen/ops/bincount.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/cumsum.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 
 #include "mean_shift_math.h"
@@ -54,10 +56,12 @@ inline void check_nearest_args(const at::Tensor& points, const at::Tensor& cente
 struct GridData {
   at::Tensor sorted;  // (N, D), dtype of the points
   at::Tensor order;   // (N,) int64: sorted[s] = points[order[s]]
-  at::Tensor start;   // (cells + 1,) int64
+  at::Tensor start;   // (cells + 1,) int64; the points with a non-finite coordinate come after start[cells]
+  at::Tensor stats;   // (3, N, D) float64 cell sums and bounding boxes (with_stats), else undefined
   double origin[3] = {0, 0, 0};
   double cell = 1.0;
   int64_t dims[3] = {1, 1, 1};
+  int64_t cells = 1;
 
   template <int D>
   CellGrid<D> view() const {
@@ -67,22 +71,39 @@ struct GridData {
       g.dims[d] = dims[d];
     }
     g.cell = cell;
-    g.start = start.data_ptr<int64_t>();
+    g.start = start.defined() ? start.data_ptr<int64_t>() : nullptr;
+    if (stats.defined()) {
+      const double* base = stats.data_ptr<double>();
+      const int64_t n = stats.size(1) * stats.size(2);
+      g.cell_sum = base;
+      g.cell_lo = base + n;
+      g.cell_hi = base + 2 * n;
+    }
     return g;
   }
 };
 
-// Cells of side just above `bandwidth` (doubled while the grid would have far more cells than points).
-inline GridData build_grid(const at::Tensor& points, double bandwidth) {
+// Cells of side just above `bandwidth` (doubled while the grid would have far more cells than points) over
+// the bounding box of the finite points. The device kernels do the per-point work: keys(points, grid) returns
+// the (N,) int64 linear cell of each point (point_cell: the same double arithmetic as the neighbour search,
+// on CPU and GPU alike); stats(grid) fills grid.stats (cell_stats), when `with_stats`.
+template <typename Keys, typename Stats>
+GridData build_grid(const at::Tensor& points, double bandwidth, bool with_stats, Keys keys, Stats stats) {
   const int64_t n = points.size(0), dims = points.size(1);
   GridData grid;
   const at::Tensor as_double = points.to(at::kDouble);
-  at::Tensor lo, hi;
+  at::Tensor lo = at::zeros({dims}, at::kDouble), hi = at::zeros({dims}, at::kDouble);
   if (n > 0) {
-    lo = std::get<0>(as_double.min(0)).cpu();
-    hi = std::get<0>(as_double.max(0)).cpu();
-  } else {
-    lo = hi = at::zeros({dims}, at::kDouble);
+    const at::Tensor finite = as_double.isfinite().all(1, /*keepdim=*/true);
+    const double inf = std::numeric_limits<double>::infinity();
+    lo = std::get<0>(as_double.masked_fill(finite.logical_not(), inf).min(0)).cpu();
+    hi = std::get<0>(as_double.masked_fill(finite.logical_not(), -inf).max(0)).cpu();
+    if (!std::isfinite(lo.data_ptr<double>()[0])) lo.zero_(), hi.zero_();  // no finite point
+  }
+  for (int64_t d = 0; d < dims; ++d) {
+    TORCH_CHECK_VALUE(std::isfinite(hi.data_ptr<double>()[d] - lo.data_ptr<double>()[d]),
+                      "the points span more than the float64 range along axis ", d, " (from ",
+                      lo.data_ptr<double>()[d], " to ", hi.data_ptr<double>()[d], "): rescale them");
   }
   grid.cell = bandwidth * (1.0 + 1e-6);  // a margin so rounding never puts a neighbour two cells away
   const double max_cells = std::max<double>(4.0 * static_cast<double>(n), 1 << 20);
@@ -90,23 +111,25 @@ inline GridData build_grid(const at::Tensor& points, double bandwidth) {
     double total = 1.0;
     for (int64_t d = 0; d < dims; ++d) {
       grid.origin[d] = lo.data_ptr<double>()[d];
-      grid.dims[d] = static_cast<int64_t>(std::floor((hi.data_ptr<double>()[d] - grid.origin[d]) / grid.cell)) + 1;
-      total *= static_cast<double>(grid.dims[d]);
+      const double span = std::floor((hi.data_ptr<double>()[d] - grid.origin[d]) / grid.cell) + 1.0;
+      grid.dims[d] = span <= max_cells ? static_cast<int64_t>(span) : 0;  // (0: too many, doubled below)
+      total *= span;
     }
     if (total <= max_cells) break;
     grid.cell *= 2.0;
   }
-  at::Tensor linear = at::zeros({n}, points.options().dtype(at::kLong));
-  for (int64_t d = 0; d < dims; ++d) {
-    // The same double arithmetic as floor_to_int((x - origin) / cell) in the kernels.
-    at::Tensor c = as_double.select(1, d).sub(grid.origin[d]).div(grid.cell).floor().to(at::kLong);
-    linear = linear.mul(grid.dims[d]).add(c.clamp(0, grid.dims[d] - 1));
-  }
-  int64_t cells = 1;
-  for (int64_t d = 0; d < dims; ++d) cells *= grid.dims[d];
+  grid.cells = 1;
+  for (int64_t d = 0; d < dims; ++d) grid.cells *= grid.dims[d];
+  const at::Tensor linear = keys(points, grid);
   grid.order = at::argsort(linear, /*stable=*/true);
   grid.sorted = points.index_select(0, grid.order).contiguous();
-  grid.start = at::cat({at::zeros({1}, linear.options()), at::bincount(linear, {}, cells).cumsum(0)});
+  grid.start = at::cat({at::zeros({1}, linear.options()), at::bincount(linear, {}, grid.cells + 1).cumsum(0)})
+                   .narrow(0, 0, grid.cells + 1)
+                   .contiguous();
+  if (with_stats) {
+    grid.stats = at::empty({3, n, dims}, points.options().dtype(at::kDouble));
+    stats(grid);
+  }
   return grid;
 }
 

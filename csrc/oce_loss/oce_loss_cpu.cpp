@@ -333,7 +333,7 @@ at::Tensor oce_loss_cpu(const at::Tensor& offsets_in, double density, double kap
   AT_DISPATCH_FLOATING_TYPES(offsets.scalar_type(), "oce_loss_cpu", [&] {
     dispatch_dims(offsets, [&](auto dims) {
       constexpr int D = decltype(dims)::value;
-      const at::Tensor disk = make_disk(kappa, D, offsets.device());
+      const at::Tensor disk = make_disk(kappa, D);
       const Grid<D> g = make_grid<D>(offsets, kappa, disk);
       const scalar_t* data = offsets.data_ptr<scalar_t>();
       const int64_t A = p.num_anchors;
@@ -383,7 +383,7 @@ at::Tensor oce_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& offse
   AT_DISPATCH_FLOATING_TYPES(offsets.scalar_type(), "oce_loss_backward_cpu", [&] {
     dispatch_dims(offsets, [&](auto dims) {
       constexpr int D = decltype(dims)::value;
-      const at::Tensor disk = make_disk(kappa, D, offsets.device());
+      const at::Tensor disk = make_disk(kappa, D);
       const Grid<D> g = make_grid<D>(offsets, kappa, disk);
       const scalar_t* data = offsets.data_ptr<scalar_t>();
       scalar_t* grad_data = grad_offsets.data_ptr<scalar_t>();
@@ -439,7 +439,7 @@ std::tuple<at::Tensor, at::Tensor> oce_loss_and_grad_cpu(const at::Tensor& offse
   if (offsets_in.scalar_type() == at::kFloat && offsets_in.dim() == 4 && use_avx2()) {
     const at::Tensor offsets = offsets_in.contiguous();
     const int64_t batch = offsets.size(0);
-    const at::Tensor disk = make_disk(kappa, 2, offsets.device());
+    const at::Tensor disk = make_disk(kappa, 2);
     const Grid<2> g = make_grid<2>(offsets, kappa, disk);
     const double scale = mean ? 1.0 / num_pairs(batch, p) : 1.0;
     at::Tensor grad = at::empty(offsets.sizes(), offsets.options());
@@ -466,7 +466,7 @@ std::tuple<at::Tensor, at::Tensor> sample_pairs_cpu(const at::Tensor& offsets, d
   int64_t* reference_data = references.data_ptr<int64_t>();
   dispatch_dims(offsets, [&](auto dims_tag) {
     constexpr int D = decltype(dims_tag)::value;
-    const at::Tensor disk = make_disk(kappa, D, offsets.device());
+    const at::Tensor disk = make_disk(kappa, D);
     const Grid<D> g = make_grid<D>(offsets, kappa, disk);
     at::parallel_for(0, batch * A, 256, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {

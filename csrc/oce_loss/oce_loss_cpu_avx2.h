@@ -96,6 +96,23 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE __m256 exp8_nonpositive(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
 }
 
+// -expm1(x) for x <= 0 given e = exp8_nonpositive(x), 8 lanes: expm1_nonpositive of cpu_math.h (the same
+// polynomial and switch point, so the lanes equal the blocked kernels' scalar code up to FMA contraction).
+CF_TARGET_AVX2 CF_ALWAYS_INLINE __m256 minus_expm1_8(__m256 x, __m256 e) {
+  __m256 p = _mm256_set1_ps(1.0f / 40320.0f);
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.0f / 5040.0f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.0f / 720.0f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(0.5f));
+  const __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, x), x, x);  // expm1(x) for |x| < 0.5
+  const __m256 one = _mm256_set1_ps(1.0f);
+  // x > -0.5 is false for NaN (ordered compare), which then takes 1 - e = NaN.
+  const __m256 use_small = _mm256_cmp_ps(x, _mm256_set1_ps(-::cellulus_fast::cpu::kExpm1SwitchF), _CMP_GT_OQ);
+  return _mm256_blendv_ps(_mm256_sub_ps(one, e), _mm256_sub_ps(_mm256_setzero_ps(), small), use_small);
+}
+
 // 8 (x, y) float pairs held interleaved in v0 (pairs 0-3) and v1 (pairs 4-7), as a vector of x and one of y.
 CF_TARGET_AVX2 CF_ALWAYS_INLINE void deinterleave(__m256 v0, __m256 v1, __m256& x, __m256& y) {
   // shuffle_ps works per 128-bit half: lanes come out as 0 1 4 5 | 2 3 6 7; permute4x64 restores the order.
@@ -268,15 +285,16 @@ CF_TARGET_AVX2 CF_ALWAYS_INLINE double anchors_impl(const Image2d& im, const Los
       __m256 sum = _mm256_setzero_ps();
       for (uint32_t k = k0; k < k_end; ++k) {
         const PairLanes q = pair_lanes(a, pb, k);
-        const __m256 e = exp8_nonpositive(_mm256_mul_ps(q.sq, minus_inv_tau));
+        const __m256 x = _mm256_mul_ps(q.sq, minus_inv_tau);
+        const __m256 e = exp8_nonpositive(x);
         // e is p 2^n (exp8_nonpositive), an exact product: whether the compiler contracts 1 + e or 1 - e into
         // an FMA (which may differ between instantiations, with e's other uses) does not change the loss.
         __m256 value, slope;
         if (kNonlinearity == kSigmoid) {
           value = _mm256_div_ps(one, _mm256_add_ps(one, e));
-          slope = _mm256_mul_ps(value, _mm256_sub_ps(one, value));
+          slope = _mm256_mul_ps(e, _mm256_mul_ps(value, value));  // s (1 - s) = e s^2, no cancellation
         } else {
-          value = _mm256_sub_ps(one, e);
+          value = kLoss ? minus_expm1_8(x, e) : e;  // (unused without kLoss)
           slope = e;
         }
         if (kLoss) sum = _mm256_add_ps(sum, value);

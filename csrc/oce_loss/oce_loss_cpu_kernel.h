@@ -21,6 +21,7 @@ namespace oce {
 namespace cpu {
 
 using ::cellulus_fast::cpu::exp_poly;
+using ::cellulus_fast::cpu::expm1_nonpositive;
 
 constexpr int kLanes = ::cellulus_fast::cpu::kPhiloxLanes;  // Philox counters per vector step
 constexpr uint32_t kPairsPerBlock = 256;  // pairs per block (anchors per block: kPairsPerBlock / R, >= 1)
@@ -117,9 +118,13 @@ CF_ALWAYS_INLINE void draw_block(const StagedImage<D, T>& im, const LossParams& 
 template <typename T>
 CF_ALWAYS_INLINE double sum_pair_values(const T* sq, T* value, uint32_t P, T inv_tau, int nonlinearity) {
   if (nonlinearity == kSigmoid) {
-    for (uint32_t q = 0; q < P; ++q) value[q] = pair_value_from_exp<T>(exp_poly(-sq[q] * inv_tau), kSigmoid);
+    for (uint32_t q = 0; q < P; ++q) value[q] = sigmoid_from_exp<T>(exp_poly(-sq[q] * inv_tau));
   } else {
-    for (uint32_t q = 0; q < P; ++q) value[q] = pair_value_from_exp<T>(exp_poly(-sq[q] * inv_tau), kGaussian);
+    // -expm1(-x), as the generic and CUDA kernels compute it (1 - exp(-x) loses all digits for small x).
+    for (uint32_t q = 0; q < P; ++q) {
+      const T x = -sq[q] * inv_tau;
+      value[q] = -expm1_nonpositive(x, exp_poly(x));
+    }
   }
   double partial[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   uint32_t q = 0;

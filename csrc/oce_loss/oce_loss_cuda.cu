@@ -1,8 +1,13 @@
 // CUDA kernels of the fused OCE loss: one thread per anchor runs the per-element math of oce_loss_math.h.
 // Forward: per-block partial sums with cub::BlockReduce, summed by ATen in a fixed order (deterministic).
-// Backward: atomic adds into the gradient (no barrier). The pairs are the CPU kernel's, bit for bit.
+// Backward: atomic adds into the gradient (no barrier), so the gradient's rounding depends on the order the
+// adds land in: not bit-reproducible, and reported as such to torch.use_deterministic_algorithms. The pairs
+// are the CPU kernel's, bit for bit. The lattice-disk table is built on the GPU and cached (device_disk).
+// Needs sm_60 or newer (atomicAdd on double).
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGraphsUtils.cuh>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/zeros.h>
@@ -12,7 +17,15 @@
 
 #include <cub/block/block_reduce.cuh>
 
+#include <map>
+#include <mutex>
+#include <tuple>
+
 #include "oce_loss_setup.h"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 600
+#error "cellulus_fast's CUDA kernels need sm_60 or newer (atomicAdd on double): set TORCH_CUDA_ARCH_LIST"
+#endif
 
 namespace cellulus_fast {
 namespace oce {
@@ -65,6 +78,47 @@ __global__ void sample_kernel(Grid<D> g, uint64_t seed, int64_t batch, int64_t A
   }
 }
 
+// Writes the lattice-disk table (build_disk): one thread, a few microseconds for kappa = 10 in 2-D.
+__global__ void disk_kernel(double kappa, int dims, int* out) { build_disk(kappa, dims, out); }
+
+// The lattice-disk table as an int32 (M, D) tensor on the device of `like`, built there by disk_kernel: no
+// host-to-device copy (which from pageable memory synchronises the host with the GPU, and which CUDA graph
+// capture forbids). Cached per (kappa, D, device) for the life of the process; a later call on another
+// stream waits for the build (an event, no host synchronisation). While the current stream is being
+// captured into a CUDA graph the table is built afresh inside the graph instead (a cached tensor made during
+// capture would hold nothing outside the graph's replays).
+at::Tensor device_disk(double kappa, int dims, const at::Tensor& like) {
+  const int64_t count = build_disk(kappa, dims, nullptr);  // host arithmetic only
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  auto build = [&] {
+    at::Tensor disk = at::empty({count, dims}, like.options().dtype(at::kInt));
+    disk_kernel<<<1, 1, 0, stream>>>(kappa, dims, disk.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return disk;
+  };
+  if (at::cuda::currentStreamCaptureStatus() != at::cuda::CaptureStatus::None) return build();
+  struct Entry {
+    at::Tensor disk;
+    cudaEvent_t built;  // recorded on `stream` after disk_kernel
+    cudaStream_t stream;
+  };
+  static std::mutex mutex;
+  // Never freed (nor its events): it must outlive the CUDA runtime's teardown at exit.
+  static auto* cache = new std::map<std::tuple<double, int, int>, Entry>();
+  const auto key = std::make_tuple(kappa, dims, static_cast<int>(like.get_device()));
+  std::lock_guard<std::mutex> lock(mutex);
+  auto found = cache->find(key);
+  if (found == cache->end()) {
+    Entry entry{build(), nullptr, stream.stream()};
+    C10_CUDA_CHECK(cudaEventCreateWithFlags(&entry.built, cudaEventDisableTiming));
+    C10_CUDA_CHECK(cudaEventRecord(entry.built, stream.stream()));
+    found = cache->emplace(key, entry).first;
+  } else if (found->second.stream != stream.stream()) {
+    C10_CUDA_CHECK(cudaStreamWaitEvent(stream.stream(), found->second.built, 0));
+  }
+  return found->second.disk;
+}
+
 at::Tensor oce_loss_cuda(const at::Tensor& offsets_in, double density, double kappa, int64_t num_references,
                          double tau, double lambda_reg, c10::string_view nonlinearity, bool detach_reference,
                          int64_t seed, c10::string_view reduction) {
@@ -80,7 +134,7 @@ at::Tensor oce_loss_cuda(const at::Tensor& offsets_in, double density, double ka
   AT_DISPATCH_FLOATING_TYPES(offsets.scalar_type(), "oce_loss_cuda", [&] {
     dispatch_dims(offsets, [&](auto dims) {
       constexpr int D = decltype(dims)::value;
-      const at::Tensor disk = make_disk(kappa, D, offsets.device());
+      const at::Tensor disk = device_disk(kappa, D, offsets);
       forward_kernel<D, scalar_t><<<blocks, kThreads, 0, stream>>>(
           offsets.data_ptr<scalar_t>(), make_grid<D>(offsets, kappa, disk), p, batch, partial.data_ptr<double>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -97,6 +151,8 @@ at::Tensor oce_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& offs
                                   c10::string_view reduction) {
   const LossParams p = make_params(offsets_in, density, kappa, num_references, tau, lambda_reg, nonlinearity,
                                    detach_reference, seed);
+  // Float atomics: the rounding of the gradient depends on the order the adds land in.
+  at::globalContext().alertNotDeterministic("oce_loss_backward_cuda");
   const c10::cuda::CUDAGuard guard(offsets_in.device());
   const at::Tensor offsets = offsets_in.contiguous();
   const int64_t batch = offsets.size(0);
@@ -107,7 +163,7 @@ at::Tensor oce_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& offs
   AT_DISPATCH_FLOATING_TYPES(offsets.scalar_type(), "oce_loss_backward_cuda", [&] {
     dispatch_dims(offsets, [&](auto dims) {
       constexpr int D = decltype(dims)::value;
-      const at::Tensor disk = make_disk(kappa, D, offsets.device());
+      const at::Tensor disk = device_disk(kappa, D, offsets);
       backward_kernel<D, scalar_t><<<num_blocks(batch * p.num_anchors), kThreads, 0, stream>>>(
           offsets.data_ptr<scalar_t>(), make_grid<D>(offsets, kappa, disk), p, batch, grad_scalar.data_ptr<scalar_t>(),
           factor, grad_offsets.data_ptr<scalar_t>());
@@ -141,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor> sample_pairs_cuda(const at::Tensor& offsets, 
   const auto stream = at::cuda::getCurrentCUDAStream();
   dispatch_dims(offsets, [&](auto dims_tag) {
     constexpr int D = decltype(dims_tag)::value;
-    const at::Tensor disk = make_disk(kappa, D, offsets.device());
+    const at::Tensor disk = device_disk(kappa, D, offsets);
     sample_kernel<D><<<num_blocks(batch * A), kThreads, 0, stream>>>(
         make_grid<D>(offsets, kappa, disk), static_cast<uint64_t>(seed), batch, A, R, anchors.data_ptr<int64_t>(),
         references.data_ptr<int64_t>());

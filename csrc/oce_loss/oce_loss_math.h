@@ -36,8 +36,9 @@ struct Grid {
 
 // Number of integer offsets o in Z^D with 0 < ||o||^2 <= kappa^2; writes them (row-major, lexicographic in
 // (o_0, ..., o_{D-1})) to `out` when it is not null.
-inline uint32_t build_disk(double kappa, int D, int* out) {
-  const int m = static_cast<int>(std::floor(kappa));
+// Host and device code (the CUDA kernels build the table on the GPU, see oce_loss_cuda.cu).
+CF_HD uint32_t build_disk(double kappa, int D, int* out) {
+  const int m = static_cast<int>(floor(kappa));
   const int width = 2 * m + 1;
   int total = 1;
   for (int d = 0; d < D; ++d) total *= width;
@@ -110,27 +111,30 @@ CF_HD int64_t pixel_index(const Grid<D>& g, const int64_t* coord) {
   return index;
 }
 
-// sigma(sq) and d sigma / d sq as functions of e = exp(-sq * inv_tau), for kernels that evaluate the
-// exponential themselves (the CPU kernels use a vectorisable polynomial exp, see common/cpu_math.h).
+// sigma and d sigma / d sq are functions of x = sq * inv_tau >= 0 and e = exp(-x):
+//   sigmoid  sigma = 1 / (1 + e)   slope = e / (1 + e)^2 * inv_tau  (= s (1 - s), without the cancellation
+//                                   of 1 - s, which is 0 in float once e < 2^-24, i.e. x > ~17)
+//   gaussian sigma = -expm1(-x)    slope = e * inv_tau               (1 - e would lose all digits for small x)
+// The CPU kernels evaluate exp (and expm1 for small x) with vectorisable polynomials (common/cpu_math.h) and
+// pass them in; the generic and CUDA kernels use the library functions (pair_value / pair_slope below).
 template <typename T>
-CF_HD T pair_value_from_exp(T e, int nonlinearity) {
-  if (nonlinearity == kSigmoid) return T(1) / (T(1) + e);
-  return T(1) - e;
+CF_HD T sigmoid_from_exp(T e) {
+  return T(1) / (T(1) + e);
 }
 
 template <typename T>
 CF_HD T pair_slope_from_exp(T e, T inv_tau, int nonlinearity) {
   if (nonlinearity == kSigmoid) {
     const T s = T(1) / (T(1) + e);
-    return s * (T(1) - s) * inv_tau;
+    return e * s * s * inv_tau;
   }
   return e * inv_tau;
 }
 
-// sigma(sq) for sq = ||e_i - e_j||^2 (the Gaussian via expm1, exact also for small sq).
+// sigma(sq) for sq = ||e_i - e_j||^2.
 template <typename T>
 CF_HD T pair_value(T sq, T inv_tau, int nonlinearity) {
-  if (nonlinearity == kSigmoid) return pair_value_from_exp<T>(exp_(-sq * inv_tau), nonlinearity);
+  if (nonlinearity == kSigmoid) return sigmoid_from_exp<T>(exp_(-sq * inv_tau));
   return -expm1_(-sq * inv_tau);
 }
 

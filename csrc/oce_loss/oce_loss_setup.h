@@ -29,6 +29,17 @@ inline bool parse_mean(c10::string_view reduction) {
   return reduction == "mean";
 }
 
+// Largest number of images, anchors per image or references per anchor (32-bit counters, kept signed).
+constexpr int64_t kMaxCount = 2147483647;
+
+// Positions whose kappa-disk lies inside the image (as a double: it may exceed any integer type's range).
+inline double valid_positions(const at::Tensor& offsets, double kappa) {
+  const int64_t margin = static_cast<int64_t>(std::floor(kappa));
+  double valid = 1.0;
+  for (int64_t d = 2; d < offsets.dim(); ++d) valid *= static_cast<double>(offsets.size(d) - 2 * margin);
+  return valid;
+}
+
 // Checks (B, D, *spatial) with D spatial dims and every spatial size > 2 * floor(kappa).
 inline void check_offsets(const at::Tensor& offsets, double density, double kappa, int64_t num_references) {
   TORCH_CHECK_VALUE(offsets.dim() == 4 || offsets.dim() == 5, "offsets must have shape (B, D, *spatial) with "
@@ -45,22 +56,28 @@ inline void check_offsets(const at::Tensor& offsets, double density, double kapp
     TORCH_CHECK_VALUE(offsets.size(d) > 2 * margin, "every spatial size of offsets must exceed 2 * kappa = ",
                       2 * margin, ", got ", offsets.sizes());
   }
+  // The kernels number images, anchors and references with 32-bit Philox counters (LossParams).
+  TORCH_CHECK_VALUE(num_references <= kMaxCount, "num_references must be <= 2^31 - 1, got ", num_references);
+  TORCH_CHECK_VALUE(offsets.size(0) <= kMaxCount, "at most 2^31 - 1 images per batch, got ", offsets.size(0));
+  const double anchors = std::floor(density * valid_positions(offsets, kappa));
+  TORCH_CHECK_VALUE(anchors <= static_cast<double>(kMaxCount), "density x the anchor positions of an image gives ",
+                    anchors, " anchors per image, more than the 2^31 - 1 supported: lower density or use smaller "
+                    "images (offsets of shape ", offsets.sizes(), ")");
 }
 
-// Number of anchors per image: density x the positions whose kappa-disk lies inside the image, >= 1.
+// Number of anchors per image: density x the positions whose kappa-disk lies inside the image, >= 1
+// (<= kMaxCount once check_offsets passed).
 inline int64_t num_anchors(const at::Tensor& offsets, double density, double kappa) {
-  const int64_t margin = static_cast<int64_t>(std::floor(kappa));
-  double valid = 1.0;
-  for (int64_t d = 2; d < offsets.dim(); ++d) valid *= static_cast<double>(offsets.size(d) - 2 * margin);
-  return std::max<int64_t>(1, static_cast<int64_t>(std::floor(density * valid)));
+  return std::max<int64_t>(1, static_cast<int64_t>(std::floor(density * valid_positions(offsets, kappa))));
 }
 
-// The lattice-disk table (see build_disk) as an int32 (M, D) tensor on `device`.
-inline at::Tensor make_disk(double kappa, int dims, at::Device device) {
+// The lattice-disk table (see build_disk) as an int32 (M, D) CPU tensor. (The CUDA kernels build theirs on the
+// GPU: see device_disk in oce_loss_cuda.cu.)
+inline at::Tensor make_disk(double kappa, int dims) {
   const int64_t count = build_disk(kappa, dims, nullptr);
   at::Tensor disk = at::empty({count, dims}, at::TensorOptions().dtype(at::kInt));
   build_disk(kappa, dims, disk.data_ptr<int>());
-  return device.is_cpu() ? disk : disk.to(device);
+  return disk;
 }
 
 // Kernel geometry of `offsets`; `disk` (from make_disk) must outlive the kernels using the result.

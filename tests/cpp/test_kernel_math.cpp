@@ -58,6 +58,21 @@ CF_TARGET_AVX2 static void test_avx2_kernel_blocks(uint64_t key) {
   alignas(32) float nan[8];
   _mm256_store_ps(nan, oce::cpu::avx2::exp8_nonpositive(_mm256_set1_ps(std::nanf(""))));
   CHECK(std::isnan(nan[0]) && std::isnan(cpu::exp_poly(std::nanf(""))));
+  // -expm1 of the gaussian, 8 lanes: a few ulp of std::expm1 from x = -1e-9 (collapsed embeddings) to -87.
+  double worst_m = 0.0;
+  for (int e = 0; e < 4000; e += 8) {
+    alignas(32) float x[8], y[8];
+    for (int l = 0; l < 8; ++l) x[l] = -std::pow(10.0f, -9.0f + 11.0f * static_cast<float>(e + l) / 4000.0f);
+    const __m256 xv = _mm256_load_ps(x);
+    _mm256_store_ps(y, oce::cpu::avx2::minus_expm1_8(xv, oce::cpu::avx2::exp8_nonpositive(xv)));
+    for (int l = 0; l < 8; ++l) {
+      const double want = -std::expm1(static_cast<double>(std::fmax(x[l], -87.0f)));
+      worst_m = std::fmax(worst_m, std::fabs(y[l] / want - 1.0));
+    }
+  }
+  CHECK(worst_m < 5e-7);
+  _mm256_store_ps(nan, oce::cpu::avx2::minus_expm1_8(_mm256_set1_ps(std::nanf("")), _mm256_set1_ps(std::nanf(""))));
+  CHECK(std::isnan(nan[0]));
 }
 #endif
 
@@ -106,6 +121,19 @@ static void test_exp_poly() {
   CHECK(cpu::exp_poly(0.0f) == 1.0f && cpu::exp_poly(0.0) == 1.0);
   CHECK(cpu::exp_poly(-1e30f) > 0.0f && cpu::exp_poly(-1e30f) < 1e-37f);
   CHECK(cpu::exp_poly(-1e300) > 0.0 && cpu::exp_poly(-1e300) < 1e-307);
+  // expm1_nonpositive (the gaussian's -expm1 on the CPU fast paths): relative error of a few ulp from tiny x
+  // (1 - exp(x) would lose every digit there) through the switch to the exp branch.
+  double worst_mf = 0.0, worst_md = 0.0;
+  for (int e = 0; e <= 20000; ++e) {
+    const double x = -std::pow(10.0, -12.0 + 13.9 * e / 20000.0);
+    const float xf = static_cast<float>(x);
+    const double want_f = std::expm1(static_cast<double>(xf));
+    worst_mf = std::fmax(worst_mf, std::fabs(cpu::expm1_nonpositive(xf, cpu::exp_poly(xf)) / want_f - 1.0));
+    worst_md = std::fmax(worst_md, std::fabs(cpu::expm1_nonpositive(x, cpu::exp_poly(x)) / std::expm1(x) - 1.0));
+  }
+  CHECK(worst_mf < 5e-7);
+  CHECK(worst_md < 1e-15);
+  CHECK(cpu::expm1_nonpositive(0.0f, 1.0f) == 0.0f && cpu::expm1_nonpositive(0.0, 1.0) == 0.0);
 }
 
 // A 2-D grid whose disk table lives in `disk`.
@@ -157,6 +185,16 @@ static void test_nonlinearity_slopes() {
     }
   }
   CHECK(std::fabs(oce::pair_value<double>(0.0, 0.1, oce::kSigmoid) - 0.5) < 1e-15);
+  // Far pairs: the sigmoid slope e / (1 + e)^2 keeps its digits where s (1 - s) is 0 in float (x > ~17).
+  for (float x : {17.0f, 25.0f, 60.0f, 85.0f}) {
+    const float slope = oce::pair_slope<float>(x, 1.0f, oce::kSigmoid);
+    const double e = std::exp(-static_cast<double>(x)), want = e / ((1 + e) * (1 + e));
+    CHECK(slope > 0.0f && std::fabs(slope / want - 1.0) < 1e-6);
+    const float e_poly = cpu::exp_poly(-x);
+    CHECK(std::fabs(oce::pair_slope_from_exp<float>(e_poly, 1.0f, oce::kSigmoid) / want - 1.0) < 1e-6);
+  }
+  // Collapsed embeddings: the gaussian's value keeps its digits for tiny sq.
+  CHECK(std::fabs(oce::pair_value<float>(1e-6f, 1.0f, oce::kGaussian) / -std::expm1(-1e-6) - 1.0) < 1e-6);
   CHECK(oce::pair_value<double>(0.0, 0.1, oce::kGaussian) == 0.0);
 }
 
@@ -215,6 +253,29 @@ static void test_mean_shift_seed() {
     sorted[2 * s + 1] = pts[2 * i + 1];
   }
   g.start = start.data();
+  // Per-cell sums and boxes (the shortcut for cells wholly inside a ball) must not change any result: run
+  // every seed without them and with them, bit-identical modes expected.
+  std::vector<double> sums(2 * n), lo(2 * n), hi(2 * n);
+  for (int64_t c = 0; c < 64; ++c) ms::cell_stats<2, double>(sorted.data(), start.data(), c, sums.data(), lo.data(), hi.data());
+  ms::CellGrid<2> fast = g;
+  fast.cell_sum = sums.data();
+  fast.cell_lo = lo.data();
+  fast.cell_hi = hi.data();
+  for (int seed = 0; seed < n; ++seed) {
+    double a[2] = {pts[2 * seed], pts[2 * seed + 1]}, b[2] = {a[0], a[1]};
+    const ms::SeedResult ra = ms::shift_seed<2, double>(sorted.data(), g, 4 * bw, 300, a);
+    const ms::SeedResult rb = ms::shift_seed<2, double>(sorted.data(), fast, 4 * bw, 300, b);
+    CHECK(ra.count == rb.count && ra.iterations == rb.iterations && a[0] == b[0] && a[1] == b[1]);
+  }
+  // A NaN seed, and seeds at +-1e300, find nothing (no floor of NaN or of an out-of-range value).
+  for (double v : {std::nan(""), 1e300, -1e300}) {
+    double odd[2] = {v, 1.0};
+    CHECK(ms::shift_seed<2, double>(sorted.data(), fast, bw, 300, odd).count == 0);
+  }
+  const double nan_point[2] = {std::nan(""), 0.0};
+  CHECK(ms::point_cell<2, double>(g, nan_point, 64) == 64);
+  const double inside[2] = {3.0, 19.9};
+  CHECK(ms::point_cell<2, double>(g, inside, 64) == 1 * 8 + 7);
   for (int seed = 0; seed < n; seed += 7) {
     double mean[2] = {pts[2 * seed], pts[2 * seed + 1]};
     const ms::SeedResult r = ms::shift_seed<2, double>(sorted.data(), g, bw, 300, mean);

@@ -118,6 +118,7 @@ def main() -> None:
             f"threads, Python {m.get('python_version', '?')}"
             + (f", GPU {m['cuda_device']}" if m.get("cuda_device") else ", no GPU") + ".", "",
             "## Timings", ""] + tables(benchmarks) + ["", "## Other figures", ""] + extras(benchmarks) + \
+           ["", (HERE / "notes.md").read_text()] + \
            ["", "## Cost vs problem size (log-log)", ""] + \
            [f"![{p.stem}](plots/{p.name})" for p in images] + [""]
     out.write_text("\n".join(text))

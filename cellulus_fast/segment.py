@@ -61,20 +61,30 @@ def derive_parameters(object_diameter: float, *, bandwidth: Union[float, Sequenc
     return Parameters(bandwidths, int(round(min_size * scale**2)), grow, shrink)
 
 
-def equivalent_diameter(labels: Union[np.ndarray, Sequence[np.ndarray]]) -> Optional[float]:
+def equivalent_diameter(labels: Union[np.ndarray, Sequence[np.ndarray]], *, weighted: bool = False) -> Optional[float]:
     """Median, over all objects of one or more label images, of the diameter of the disc with the object's
-    area (None when there is no object)."""
+    area (None when there is no object). ``weighted=True``: each object counts with its area, i.e. the
+    diameter of the object a random object pixel belongs to (small fragments and specks weigh little)."""
     arrays = [labels] if isinstance(labels, np.ndarray) else list(labels)
     areas = np.concatenate([np.bincount(np.asarray(a, np.int64).ravel())[1:] for a in arrays] + [np.zeros(0)])
-    areas = areas[areas > 0]
-    return float(np.median(2 * np.sqrt(areas / np.pi))) if len(areas) else None
+    areas = np.sort(areas[areas > 0])
+    if not len(areas):
+        return None
+    if not weighted:
+        return float(np.median(2 * np.sqrt(areas / np.pi)))
+    cumulative = np.cumsum(areas)
+    middle = min(int(np.searchsorted(cumulative, cumulative[-1] / 2)), len(areas) - 1)
+    return float(2 * np.sqrt(areas[middle] / np.pi))
 
 
 # estimate_diameter: first guess and number of passes. The first guess is the smallest diameter the network
 # segments well, 2x its 16 px field of view: its minimum size (10% of the disc, 80 px) keeps objects down to
 # ~10 px, and its bandwidth (16 px) rarely splits larger ones. The second pass, at the bandwidth of the first
 # estimate, corrects for objects the first one split or joined. (More passes drift: where embeddings are
-# only partly contracted, each pass splits a little more.)
+# only partly contracted, each pass splits a little more.) The measure is the area-weighted median: objects
+# split by a too-small bandwidth leave fragments that pull a plain median down, and the next pass then keeps
+# the bandwidth that split them (large_cells: 38 px measured for 53; area-weighted 40.5 on the same
+# prediction, and F1@0.5 0.68 -> 0.76 on the first-seed held-out images of the quality benchmark).
 DIAMETER_START = 32.0
 DIAMETER_PASSES = 2
 
@@ -85,8 +95,8 @@ def estimate_diameter(prediction: Prediction, image: Optional[np.ndarray] = None
                       noise: Optional[float] = None, fit_fraction: Optional[float] = 0.1, seed: int = 0,
                       device: Union[str, torch.device, None] = None) -> Optional[float]:
     """The typical object diameter (px, on the prediction's grid), measured with the segmentation itself:
-    segment with the parameters of a ``start`` diameter, take the median equivalent diameter of the objects
-    found, and repeat with that diameter (``passes`` times in all). When the first pass finds nothing it is
+    segment with the parameters of a ``start`` diameter, take the area-weighted median equivalent diameter of
+    the objects found (:func:`equivalent_diameter`), and repeat with that diameter (``passes`` times in all). When the first pass finds nothing it is
     retried once from half of ``start`` (its minimum size keeps smaller objects); when a later pass finds
     nothing, the last measurement stands. None when no object is found at all. The other arguments are
     :func:`instances`' (``image`` is needed by every foreground rule but ``"uncertainty"``)."""
@@ -97,7 +107,7 @@ def estimate_diameter(prediction: Prediction, image: Optional[np.ndarray] = None
         labels = instances(prediction, derive_parameters(diameter, grow=grow, shrink=shrink), threshold=threshold,
                            foreground=foreground, image=image, noise=noise, fit_fraction=fit_fraction, seed=seed,
                            device=device)[0]
-        return equivalent_diameter(labels)
+        return equivalent_diameter(labels, weighted=True)
 
     measured = measure(float(start))
     if measured is None:  # perhaps objects below the first pass's minimum size
@@ -210,8 +220,8 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
 
     ``object_diameter`` (px of the input images) sets the bandwidth (half of it) and the minimum size (10% of
     its disc) unless those are given (:func:`derive_parameters`). By default (None) it is measured on each
-    image from its own prediction (:func:`estimate_diameter`: the median size of the objects found with a
-    first guess of 32 px, then once more with that size), reported when ``progress`` is on and kept as
+    image from its own prediction (:func:`estimate_diameter`: the area-weighted median size of the objects
+    found with a first guess of 32 px, then once more with that size), reported when ``progress`` is on and kept as
     ``prediction.object_diameter`` (``return_predictions=True``); a warning when no object is found.
 
     Returns:

@@ -163,6 +163,9 @@ def test_equivalent_diameter():
     assert equivalent_diameter(labels) == pytest.approx(2 * np.sqrt(100 / np.pi))
     assert equivalent_diameter([labels, np.zeros((5, 5), np.int64)]) == equivalent_diameter(labels)
     assert equivalent_diameter(np.zeros((5, 5), np.int64)) is None and equivalent_diameter([]) is None
+    # area-weighted: half of the 516 object pixels lie in the 400 px object
+    assert equivalent_diameter(labels, weighted=True) == pytest.approx(2 * np.sqrt(400 / np.pi))
+    assert equivalent_diameter(np.zeros((5, 5), np.int64), weighted=True) is None
 
 
 def test_segment_errors(model, tmp_path):

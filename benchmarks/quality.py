@@ -150,8 +150,8 @@ def trained(images: List[np.ndarray], run_dir: Path, seed: int, quick: bool):
     path = run_dir / "checkpoint.pt"
     if path.exists():
         state = checkpoint.read(path)
-        expected = TrainConfig.preset("fast").replace(seed=seed, **schedule).to_dict()
-        if TrainConfig.from_dict(state["config"]).to_dict() == expected and state["step"] == state["steps_per_epoch"] * expected["epochs"]:
+        expected = TrainConfig.preset("fast").replace(seed=seed, **schedule).run_options()
+        if TrainConfig.from_dict(state["config"]).run_options() == expected and state["step"] == state["steps_per_epoch"] * expected["epochs"]:
             return checkpoint.load(path)
         raise SystemExit(f"{run_dir} holds another run; remove it or choose another --models folder")
     return train(images, run_dir, seed=seed, progress=False, **schedule).model

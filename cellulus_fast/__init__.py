@@ -7,12 +7,13 @@ embeddings) as a C++/CUDA PyTorch extension.
 """
 from . import ops
 from ._extension import cuda_built
-from .checkpoint import load
+from .checkpoint import FolderInUseError, load
 from .config import TrainConfig
 from .evaluate import evaluate
 from .models import UNet
 from .segment import segment
-from .train import train
+from .train import TrainingDiverged, train
 
 __version__ = "0.1.0"
-__all__ = ["ops", "cuda_built", "load", "TrainConfig", "evaluate", "UNet", "segment", "train", "__version__"]
+__all__ = ["ops", "cuda_built", "load", "TrainConfig", "evaluate", "UNet", "segment", "train", "FolderInUseError",
+           "TrainingDiverged", "__version__"]

@@ -26,8 +26,10 @@ def locked_folder(folder: Union[str, Path]) -> Iterator[None]:
     another, gets a :class:`FolderInUseError` naming the folder at once (it does not wait).
 
     The lock is ``flock`` on the folder itself, so no lock file is left behind, and the operating system
-    releases it when the process ends, however it ends (crash, kill -9). It is advisory: it keeps
-    cellulus-fast runs apart, not other programs. Without ``fcntl`` (Windows) nothing is locked."""
+    releases it when the process ends, however it ends (crash, kill -9; data-loader workers forked while it
+    is held keep it until they exit, a few seconds later). It is advisory and local to one machine: it keeps
+    cellulus-fast runs on this machine apart, not other programs, nor runs on other machines sharing the
+    folder over NFS. Without ``fcntl`` (Windows) nothing is locked."""
     try:
         import fcntl
     except ImportError:
@@ -122,5 +124,7 @@ def load(path: Union[str, Path], device: Union[str, torch.device, None] = None) 
         model.load_state_dict(state["model"])
     except RuntimeError as error:
         raise ValueError(f"checkpoint {path} does not match its model configuration: {error}") from error
-    model.training_scale = float(state.get("config", {}).get("scale", 1.0))  # see segment(scale=None)
+    # the scale its images were resized by (recorded since object_diameter can choose it; before, the
+    # configuration's scale): segment(scale=None) applies it
+    model.training_scale = float(state.get("training_scale", state.get("config", {}).get("scale") or 1.0))
     return model.to(device or "cpu").eval()

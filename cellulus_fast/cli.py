@@ -34,8 +34,9 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 
     def shown(name: str, value: Any) -> str:
         value = list(value) if isinstance(value, tuple) else value
-        words = ({"steps_per_epoch": "one pass over the images' area", "checkpoint_every": "one epoch"}[name]
-                 if value is None and name in ("steps_per_epoch", "checkpoint_every") else value)
+        words = {"steps_per_epoch": "one pass over the images' area", "checkpoint_every": "one epoch",
+                 "scale": "from --object-diameter if given, else 1",
+                 "object_diameter": "none: scale 1 unless --scale"}.get(name, value) if value is None else value
         others = [f"{preset}: {list(v) if isinstance(v, tuple) else v}" for preset, values in PRESETS.items()
                   if name in values for v in [values[name]]]
         return f"(default {words}" + ("; " + ", ".join(others) if others else "") + ")"
@@ -49,6 +50,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=int, nargs="*", default=None, help=shown(field.name, default))
         elif field.name in ("steps_per_epoch", "checkpoint_every"):
             parser.add_argument(flag, type=int, default=None, help=shown(field.name, default))
+        elif field.name in ("scale", "object_diameter"):
+            parser.add_argument(flag, type=float, default=None, help=shown(field.name, default))
         elif field.name == "device":
             parser.add_argument(flag, default=None, help="(default: cuda if available, else cpu)")
         else:

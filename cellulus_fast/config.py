@@ -22,7 +22,9 @@ class TrainConfig:
     The learning rate is divided by 10 after each epoch listed in ``milestones``. ``scale`` resizes every
     image before training (the paper rescales data so objects are comfortably larger than the network's
     16 px field of view); the checkpoint records it and :func:`cellulus_fast.segment` applies the same
-    scale by default.
+    scale by default. ``object_diameter`` (px of the images, optional) chooses ``scale`` when that is not
+    given: :func:`scale_for_diameter` (1 for objects of 1-4x the field of view, else resized to the nearest
+    end of that range); :attr:`training_scale` is the scale used.
     """
 
     epochs: int = 50
@@ -47,7 +49,8 @@ class TrainConfig:
     resume: bool = False
     checkpoint_every: Optional[int] = None
     amp: bool = False
-    scale: float = 1.0
+    scale: Optional[float] = None
+    object_diameter: Optional[float] = None
 
     def __post_init__(self) -> None:
         # Numbers may come as numpy scalars (np.float32(20)); they are stored as Python ints and floats so
@@ -67,7 +70,10 @@ class TrainConfig:
         _require("lambda_reg", float, lambda v: v >= 0, ">= 0", self)
         _require("density", float, lambda v: 0 < v <= 1, "in (0, 1]", self)
         _require("kappa", float, lambda v: v >= 1, ">= 1", self)
-        self.scale = check_scale(self.scale)
+        if self.object_diameter is not None:
+            _require("object_diameter", float, lambda v: v > 0, "> 0 (px; or None)", self)
+        if self.scale is not None:
+            self.scale = check_scale(self.scale)
         if self.nonlinearity not in ("sigmoid", "gaussian"):
             raise ValueError(f"nonlinearity must be 'sigmoid' or 'gaussian', got {self.nonlinearity!r}")
         for name in ("detach_reference", "resume", "amp"):
@@ -77,6 +83,23 @@ class TrainConfig:
             self.device = str(check_device(self.device, available=False))
 
     # --- serialisation ---------------------------------------------------------------------------------
+    @property
+    def training_scale(self) -> float:
+        """The scale the images are resized by: ``scale`` if given, else from ``object_diameter``, else 1."""
+        if self.scale is not None:
+            return self.scale
+        return 1.0 if self.object_diameter is None else scale_for_diameter(self.object_diameter, self.depth)
+
+    def run_options(self) -> Dict[str, Any]:
+        """:meth:`to_dict` with the scale as used (:attr:`training_scale`) in place of ``scale`` and
+        ``object_diameter``: what decides the run, compared when a run is resumed or reused (a scale given
+        directly or chosen from a diameter is the same run; checkpoints of versions without
+        ``object_diameter`` recorded ``scale = 1.0`` for "not given")."""
+        options = self.to_dict()
+        options["scale"] = self.training_scale
+        options.pop("object_diameter")
+        return options
+
     def to_dict(self) -> Dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
 
@@ -166,3 +189,32 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} to TOML")
+
+
+# Objects the network segments at their own size, in multiples of its field of view (16 px at depth 1): the
+# data zoo's conditions span 20-58 px (1.25-3.6x) and, at scale 1, reach F1@0.5 >= 0.91 with the true
+# foreground (benchmarks/QUALITY.md, "oracle foreground"). Smaller objects get too few pixels for the
+# network to tell their centre; larger ones let it see only part of the object from most of its pixels.
+# Outside the range the images are resized to its nearest end (not measured beyond the zoo's range).
+OBJECT_SIZE_RANGE = (1.0, 4.0)
+
+
+def _unet_context(depth: int) -> int:
+    from .models import UNet  # the geometry is the U-Net's; imported here (models does not need config)
+
+    return UNet(num_fmaps=1, fmap_inc_factor=1, depth=depth).context
+
+
+def object_size_range(field_of_view: int) -> Tuple[float, float]:
+    """(smallest, largest) object diameter in px the network segments at its own size:
+    :data:`OBJECT_SIZE_RANGE` times its ``field_of_view`` (16 px at depth 1: the input extent an output pixel
+    depends on)."""
+    return field_of_view * OBJECT_SIZE_RANGE[0], field_of_view * OBJECT_SIZE_RANGE[1]
+
+
+def scale_for_diameter(object_diameter: float, depth: int = 1) -> float:
+    """The scale that brings objects of ``object_diameter`` px into :data:`OBJECT_SIZE_RANGE` times the
+    U-Net's field of view: 1 inside it, else the factor to its nearest end (within [1/16, 16])."""
+    low, high = object_size_range(_unet_context(depth))
+    target = min(max(float(object_diameter), low), high)
+    return min(max(target / float(object_diameter), 1 / 16), 16.0)

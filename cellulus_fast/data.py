@@ -102,7 +102,7 @@ def read_arrays(source: Source, axes: Optional[str] = None) -> Iterator[Tuple[st
     if axes is not None:
         _check_axes(axes)
     for name, array, file_axes in _iter_arrays(source):
-        yield from _split(name, array, axes or _axes_from_file(file_axes), file_axes)
+        yield from _split(name, array, axes or _axes_from_file(file_axes, name, array.shape), file_axes)
 
 
 # tifffile's axis letters in ours: S (samples: RGB) and C are channels; Z, Q (unknown), I (image sequence)
@@ -110,10 +110,20 @@ def read_arrays(source: Source, axes: Optional[str] = None) -> Iterator[Tuple[st
 _TIFF_AXES = str.maketrans({"S": "C", "Z": "T", "Q": "T", "I": "T"})
 
 
-def _axes_from_file(file_axes: Optional[str]) -> Optional[str]:
+# ImageJ files declare C for multi-channel images but tifffile also marks a plain z-stack written with
+# imagej=True as channels: more declared channels than this are read as separate images, with a warning.
+MAX_FILE_CHANNELS = 4
+
+
+def _axes_from_file(file_axes: Optional[str], name: str = "", shape: Tuple[int, ...] = ()) -> Optional[str]:
     """Our axes for a file whose metadata names channels (tifffile axes with S or C), if they translate
     unambiguously; None (the default reading) otherwise."""
     if not file_axes or not set(file_axes) & set("CS"):
+        return None
+    if "C" in file_axes and len(shape) == len(file_axes) and shape[file_axes.index("C")] > MAX_FILE_CHANNELS:
+        warnings.warn(f"{name}: its metadata declares {shape[file_axes.index('C')]} channels ({file_axes}); read "
+                      f"as separate images (a z-stack is often stored so); pass axes='{file_axes.translate(_TIFF_AXES)}' "
+                      "if they are channels of one image")
         return None
     axes = file_axes.translate(_TIFF_AXES)
     try:

@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from ._progress import progress_bar
+from ._validate import check_device
+from .config import object_size_range
 from .data import check_scale, load_images, normalize, rescale
 from .foreground import (check_rule, intensity_foreground, judge_detections, refine_by_intensity, smoothed_noise,
                          uncertainty_foreground)
@@ -122,6 +124,18 @@ def estimate_diameter(prediction: Prediction, image: Optional[np.ndarray] = None
     return measured
 
 
+def size_advice(measured: float, scale: float, field_of_view: int) -> Optional[str]:
+    """A hint when objects measured ``measured`` px on the network's grid (images resized by ``scale``) lie
+    outside the sizes the network segments at their own size (:func:`~cellulus_fast.config.object_size_range`), naming the ``object_diameter`` to train with (which chooses the scale);
+    None inside."""
+    low, high = object_size_range(field_of_view)
+    if low <= measured <= high:
+        return None
+    return (f"objects measure {measured:.0f} px to the network (field of view {field_of_view} px), outside the "
+            f"{low:.0f}-{high:.0f} px it segments best: train with object_diameter={measured / scale:.0f} (px of "
+            f"these images), which resizes them to fit, or pass scale= to both train() and segment()")
+
+
 def halo_correction(labels: np.ndarray, grow: float, shrink: float) -> np.ndarray:
     """Removes the halo at object/background borders: the foreground is grown by ``grow`` px, then every
     pixel within ``shrink`` px of the grown foreground's border is cleared (a net erosion of shrink - grow
@@ -208,7 +222,8 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
     """Instance labels of images with a trained model (or a checkpoint path).
 
     Each image is normalised as in training, resized by ``scale`` (by default the scale the model was
-    trained at, ``train(..., scale=...)``, recorded in its checkpoint; another value warns, since objects then
+    trained at, ``train(..., scale=...)`` or chosen by ``train(..., object_diameter=...)``, recorded in its
+    checkpoint; another value warns, since objects then
     look to the network unlike in training; labels are mapped back to the original grid by nearest-neighbour
     resizing), predicted in tiles with ``num_noise_passes`` noise passes per value, and
     segmented: foreground by the rule ``foreground`` (:mod:`cellulus_fast.foreground`: the default
@@ -247,7 +262,7 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
     # every option checked (with a stand-in diameter when it is to be measured) before any work
     derive_parameters(object_diameter if object_diameter is not None else DIAMETER_START, bandwidth=bandwidth,
                       min_size=min_size, grow=grow, shrink=shrink, scale=1.0 if scale is None else scale)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu")
     model = _as_model(model_or_checkpoint, device)
     trained_at = float(getattr(model, "training_scale", 1.0))
     if scale is None:
@@ -261,6 +276,7 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
         raise ValueError(f"the model expects {model.config.in_channels} channel(s), the images have "
                          f"{data[0].shape[0]}")
     results, predictions = [], []
+    advice = None
     for image in progress_bar(data, desc="segmenting", unit="image", disable=not progress or len(data) < 2):
         original = image.shape[1:]
         image = normalize(image)
@@ -281,6 +297,7 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
                 prediction.object_diameter = measured / scale
                 if progress:
                     tqdm.write(f"image {len(results) + 1}: object diameter {measured / scale:.1f} px (measured)")
+                advice = advice or size_advice(measured, scale, model.context)
             diameter = (DIAMETER_START if measured is None else measured) / scale
         params = derive_parameters(diameter if diameter is not None else DIAMETER_START / scale,
                                    bandwidth=bandwidth, min_size=min_size, grow=grow, shrink=shrink, scale=scale)
@@ -292,6 +309,8 @@ def segment(model_or_checkpoint: Union[UNet, str, Path], images: Any, *, object_
         labels = [_label_dtype(l) for l in labels]
         results.append(labels[0] if len(params.bandwidths) == 1 else labels)
         predictions.append(prediction)
+    if advice:
+        warnings.warn(advice)
     out = results[0] if single else results
     if return_predictions:
         return out, (predictions[0] if single else predictions)

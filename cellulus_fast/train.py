@@ -131,8 +131,11 @@ def _resume_state(path: Path, config: TrainConfig, model: UNet, steps_per_epoch:
     state = ckpt.read(path, needs=("optimizer", "scheduler", "step", "losses", "config", "steps_per_epoch"))
     if state["model_config"] != model.config.to_dict():
         raise ValueError(f"cannot resume: {path} holds a different model ({state['model_config']})")
-    before = state["config"]
-    changed = {name: (before.get(name), value) for name, value in config.to_dict().items()
+    try:
+        before = TrainConfig.from_dict(state["config"]).run_options()
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"cannot resume {path}: its options are not this version's ({error})") from error
+    changed = {name: (before.get(name), value) for name, value in config.run_options().items()
                if name not in (*RESUMABLE, "steps_per_epoch") and before.get(name) != value}
     if state["steps_per_epoch"] != steps_per_epoch:  # compared as computed: None means "from the images"
         changed["steps_per_epoch"] = (state["steps_per_epoch"], steps_per_epoch)
@@ -240,14 +243,14 @@ def train(images: Any, output_dir: Union[str, Path], *, preset: Optional[str] = 
     # Everything that can fail on bad input happens before anything is written.
     model = UNet(num_fmaps=1, fmap_inc_factor=1, depth=config.depth)  # the geometry only depends on depth
     field_of_view = model.context + 2
-    raw = load_images(images, axes=axes, min_size=field_of_view if config.scale == 1 else 0)
+    raw = load_images(images, axes=axes, min_size=field_of_view if config.training_scale == 1 else 0)
     fingerprint = images_fingerprint(raw)
-    data = [rescale(normalize(image), config.scale) for image in raw]
+    data = [rescale(normalize(image), config.training_scale) for image in raw]
     del raw
     small = [i for i, image in enumerate(data) if min(image.shape[1:]) < field_of_view]
     if small:
         raise ValueError(f"image {small[0]} is {'x'.join(map(str, data[small[0]].shape[1:]))} px after scale "
-                         f"{config.scale:g}, smaller than the network's field of view ({field_of_view} px)")
+                         f"{config.training_scale:g}, smaller than the network's field of view ({field_of_view} px)")
     crop = model.valid_size(config.crop_size)
     if crop != config.crop_size:
         raise ValueError(f"crop_size {config.crop_size} is not a valid U-Net input size; use {crop}")
@@ -298,6 +301,8 @@ def _fit(data: List[np.ndarray], output_dir: Path, config: TrainConfig, device: 
                                                         else None)
     use_amp = config.amp
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and device.type == "cuda")
+    if state is not None and state.get("grad_scaler"):  # the fp16 loss scale: an exact resume continues it
+        scaler.load_state_dict(state["grad_scaler"])
     batches = torch.utils.data.DataLoader(StepBatches(data, config.batch_size, crop, config.seed, rank),
                                           sampler=range(start, total_steps), batch_size=None,
                                           num_workers=config.num_workers)
@@ -320,10 +325,13 @@ def _fit(data: List[np.ndarray], output_dir: Path, config: TrainConfig, device: 
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "step": step, "epoch": step // steps_per_epoch, "losses": losses, "config": config.to_dict(),
             "model_config": model.config.to_dict(), "steps_per_epoch": steps_per_epoch, "images": fingerprint,
-            "torch_rng_state": torch.get_rng_state(),
+            "torch_rng_state": torch.get_rng_state(), "grad_scaler": scaler.state_dict(),
+            # recorded, not re-derived on loading: segment() applies it by default
+            "training_scale": config.training_scale,
         }, path)
         if not recorded:  # this run's first checkpoint: its record replaces an older run's
-            ckpt.write_text_atomic(output_dir / "config.toml", config.to_toml())
+            ckpt.write_text_atomic(output_dir / "config.toml", config.to_toml()
+                                   + f"# images resized by {config.training_scale:g} (training_scale)\n")
             (output_dir / "loss.png").unlink(missing_ok=True)  # the older run's; redrawn at the end
             recorded = True
         ckpt.write_text_atomic(output_dir / "loss.csv", _loss_csv(losses, steps_per_epoch))
@@ -361,5 +369,5 @@ def _fit(data: List[np.ndarray], output_dir: Path, config: TrainConfig, device: 
     if rank == 0 and losses:
         _plot_losses(losses, output_dir / "loss.png")
     model.eval()
-    model.training_scale = config.scale  # segment() applies it by default, as for a loaded checkpoint
+    model.training_scale = config.training_scale  # segment() applies it by default, as for a loaded checkpoint
     return TrainResult(model=model, checkpoint=path, losses=losses)

@@ -308,6 +308,12 @@ def test_tiff_axes_metadata_is_followed(tmp_path):
     np.testing.assert_array_equal(out[1], hyper[1])
     # an explicit axes still wins over the file's
     assert len(load_images(tmp_path / "ij.tif", axes="TYX")) == 3
+    # a z-stack written with imagej=True is marked as channels by tifffile: more than 4 are read as images
+    stack = np.random.default_rng(2).integers(0, 255, (6, 20, 24)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "zstack.tif", stack, imagej=True)
+    with pytest.warns(UserWarning, match="declares 6 channels"):
+        out = load_images(tmp_path / "zstack.tif")
+    assert len(out) == 6 and out[0].shape == (1, 20, 24)
 
 
 def test_an_rgb_shaped_array_needs_axes():

@@ -14,7 +14,7 @@ from cellulus_fast.data import normalize
 from cellulus_fast.datasets import synthetic_embeddings
 from cellulus_fast.evaluate import evaluate
 from cellulus_fast.segment import (derive_parameters, equivalent_diameter, estimate_diameter, halo_correction,
-                                   instances, segment, size_filter)
+                                   instances, segment, size_advice, size_filter)
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +153,12 @@ def test_estimate_diameter_of_discs():
     image = np.where(labels > 0, 1.0, 0.1) + np.random.default_rng(7).normal(0, 0.05, labels.shape)
     measured = estimate_diameter(small, image[None].astype(np.float32))
     assert abs(measured / equivalent_diameter(labels) - 1) < 0.15, measured
+
+
+def test_size_advice_names_the_diameter_to_train_with():
+    assert size_advice(16, 1.0, 16) is None and size_advice(64, 1.0, 16) is None
+    assert "object_diameter=100" in size_advice(100, 1.0, 16)
+    assert "object_diameter=20" in size_advice(10, 0.5, 16)  # 10 px on a grid resized by 0.5: 20 px images
 
 
 def test_equivalent_diameter():

@@ -12,7 +12,7 @@ import torch
 
 import cellulus_fast
 from cellulus_fast import checkpoint
-from cellulus_fast.config import PRESETS, TrainConfig
+from cellulus_fast.config import PRESETS, TrainConfig, scale_for_diameter
 from cellulus_fast.data import normalize
 from cellulus_fast.datasets import synthetic
 from cellulus_fast.predict import predict
@@ -164,6 +164,33 @@ def test_scale_is_trained_recorded_and_reapplied(tiny_images, tmp_path, tiny):
     with pytest.raises(ValueError, match="field of view"):
         train(images, tmp_path / "small", scale=0.1, progress=False, **tiny)
     assert not (tmp_path / "small").exists()
+
+
+def test_object_diameter_chooses_the_scale(tiny_images, tmp_path, tiny):
+    # objects of 1-4x the 16 px field of view stay as they are; others are brought to the nearest end
+    assert [scale_for_diameter(d) for d in (8, 16, 40, 64, 128)] == [2.0, 1.0, 1.0, 1.0, 0.5]
+    assert scale_for_diameter(1000) == pytest.approx(0.064) and scale_for_diameter(0.5) == 16.0
+    assert TrainConfig(object_diameter=128).training_scale == 0.5
+    assert TrainConfig(object_diameter=128, scale=0.75).training_scale == 0.75  # a given scale wins
+    assert TrainConfig().training_scale == 1.0
+    assert TrainConfig.preset("fast").replace(object_diameter=8).training_scale == 2.0
+    for bad, error in ((0, ValueError), (-3.0, ValueError), (float("nan"), ValueError), ("20", TypeError)):
+        with pytest.raises(error, match="object_diameter"):
+            TrainConfig(object_diameter=bad)
+    images, _ = tiny_images  # 96 px images: at scale 0.5, 48 px (still above the field of view)
+    result = train(images, tmp_path / "run", object_diameter=128.0, progress=False, **tiny)
+    assert result.model.training_scale == 0.5
+    recorded = TrainConfig.from_toml(tmp_path / "run" / "config.toml")
+    assert recorded.object_diameter == 128.0 and recorded.training_scale == 0.5
+    assert checkpoint.load(tmp_path / "run").training_scale == 0.5
+    labels, prediction = cellulus_fast.segment(result.model, images[0], object_diameter=30.0, num_noise_passes=1,
+                                               progress=False, return_predictions=True)
+    assert labels.shape == images[0].shape and prediction.uncertainty.shape == (48, 48)
+    # the scale as used decides the run: resuming it with scale=0.5 given directly continues it
+    more = train(images, tmp_path / "run", scale=0.5, resume=True, progress=False, **dict(tiny, epochs=2))
+    assert len(more.losses) == 2 * tiny["steps_per_epoch"]
+    with pytest.raises(ValueError, match="scale 0.5 -> 1.0"):
+        train(images, tmp_path / "run", resume=True, progress=False, **dict(tiny, epochs=3))
 
 
 def test_outputs_are_readable_as_the_umask_allows_and_logs_are_throttled(tiny_images, tmp_path, tiny):

@@ -81,6 +81,8 @@ def save_atomic(state: Dict[str, Any], path: Union[str, Path]) -> Path:
         os.fchmod(fd, plain_file_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it replaces the last good checkpoint
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

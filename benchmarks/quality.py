@@ -2,6 +2,7 @@
 
     bash .ci/quality            # full run (writes benchmarks/QUALITY.md, quality.json, quality/*.png)
     bash .ci/quality --quick    # tiny sizes, every method end to end; checks shapes only (CI)
+    bash .ci/quality --models DIR   # trained models kept in DIR and reused (segmentation changes: ~30 min)
 
 For every condition of the synthetic data zoo (:mod:`cellulus_fast.datasets`) a model is trained on its
 training images with the ``"fast"`` preset of :func:`cellulus_fast.train` (``SCHEDULE``), then every method
